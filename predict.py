@@ -1,0 +1,43 @@
+#!/usr/bin/env python3
+"""Generate images from a trained run, and show how noise turns into them.
+
+    python predict.py --steps
+    python predict.py --weights-dir W --num 1000 --npz samples.npz --sampling-steps 25
+"""
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def parse_arguments(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add = parser.add_argument
+    add("--weights-dir", default="checkpoints", help="the run folder written by train.py")
+    add("--num", type=int, default=25, help="how many images (default 25)")
+    add("--out", default="outputs/samples.png", help="path of the grid PNG")
+    add("--grid", help="grid layout ROWSxCOLS (default: near square)")
+    add("--npz", help="also write the images, uint8 (N, 32, 32, 3) under key x")
+    add("--steps", action="store_true", help="also write the strip of denoising steps")
+    add("--gif", help="also write an animated GIF of the denoising, one frame per level")
+    add("--seed", type=int, default=0, help="random seed of the starting noise")
+    add("--sampling-steps", type=int, help="denoising steps (default: the run's)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    arguments = vars(parse_arguments(argv))
+    from tf_diffusion import UsageError, commands
+
+    try:
+        commands.predict(**arguments)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Saving and restoring a run: TF checkpoints plus `config.json` in the weights folder.
+
+A save either completes or is invisible. `tf.train.CheckpointManager` writes
+a new numbered checkpoint (`ckpt-<step>.index` and `.data-*`, each written to
+a temporary name and renamed) and only then rewrites the small `checkpoint`
+pointer file, atomically. A run killed in the middle of a save leaves the
+pointer on the previous checkpoint. If the newest checkpoint cannot be read,
+`restore` falls back to the one before it, says so, and moves the unreadable
+files aside (never deleting them).
+"""
+
+import datetime
+import os
+import shutil
+
+import tensorflow as tf
+
+from tf_diffusion.config import CONFIG_FILENAME, Config, UsageError
+
+CHECKPOINT_PREFIX = "ckpt"
+WRITE_PROBE = ".write-probe"
+
+
+def has_checkpoint(directory):
+    return bool(directory) and tf.train.get_checkpoint_state(directory) is not None
+
+
+def check_writable(directory):
+    """Create `directory` if needed and prove that files can be written in it."""
+    flag = "--weights-dir"
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise UsageError(f"{flag} {directory} is a file, not a folder; choose a folder")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        probe = os.path.join(directory, WRITE_PROBE)
+        with open(probe, "w") as file:
+            file.write("ok")
+        os.remove(probe)
+    except OSError as error:
+        raise UsageError(
+            f"{flag} {directory} cannot be written ({error.strerror or error}); "
+            "choose a folder you can write to"
+        ) from None
+
+
+def move_aside(directory):
+    """Rename `directory` to `<directory>.old-<timestamp>` and return the new name."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    target = f"{directory.rstrip(os.sep)}.old-{stamp}"
+    suffix = 1
+    while os.path.exists(target):
+        suffix += 1
+        target = f"{directory.rstrip(os.sep)}.old-{stamp}-{suffix}"
+    shutil.move(directory, target)
+    return target
+
+
+def resolve_config(directory, recipe=None, overrides=None, fresh=False):
+    """The config of the run in `directory`: the saved one, or a new one.
+
+    `overrides` are the settings the user gave explicitly. A saved run keeps
+    its settings unless overridden; overriding one that defines the
+    checkpoint (the model shape, the data, the optimiser) is an error that
+    names each differing setting. With `fresh`, an existing run is moved aside
+    and a new one starts. Returns `(config, resumed, moved_to)`.
+    """
+    overrides = {key: value for key, value in (overrides or {}).items() if value is not None}
+    moved_to = None
+    if fresh and os.path.exists(directory) and os.listdir(directory):
+        moved_to = move_aside(directory)
+    saved = Config.load(directory) if has_checkpoint(directory) else None
+    if saved is None:
+        config = Config.for_recipe(recipe or "default", weights_dir=directory, **overrides)
+        return config, False, moved_to
+    if recipe is not None and recipe != saved.recipe:
+        overrides["recipe"] = recipe
+    config = saved.replace(**overrides, weights_dir=directory)
+    differing = saved.differences(config)
+    if differing:
+        details = ", ".join(
+            f"{name} is {getattr(saved, name)!r} there, {getattr(config, name)!r} asked"
+            for name in differing
+        )
+        raise UsageError(
+            f"--weights-dir {directory} holds a run with other settings ({details}); "
+            "leave those flags out to resume, use another --weights-dir, or add --fresh "
+            "to move the old run aside"
+        )
+    return config, True, moved_to
+
+
+class CheckpointStore:
+    """The numbered checkpoints of one run and its `config.json`."""
+
+    def __init__(self, directory, trackables, keep=3, data_iterator=None):
+        self.directory = directory
+        objects = dict(trackables)
+        if data_iterator is not None:
+            objects["data_iterator"] = data_iterator
+        self.checkpoint = tf.train.Checkpoint(**objects)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, directory, max_to_keep=keep, checkpoint_name=CHECKPOINT_PREFIX
+        )
+
+    def candidates(self):
+        """The checkpoints on record, newest first."""
+        state = tf.train.get_checkpoint_state(self.directory)
+        if state is None:
+            return []
+        paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
+        if state.model_checkpoint_path and state.model_checkpoint_path not in paths:
+            paths.append(state.model_checkpoint_path)
+        paths = [
+            path if os.path.isabs(path) else os.path.join(self.directory, path) for path in paths
+        ]
+        return sorted(set(paths), key=checkpoint_step, reverse=True)
+
+    def restore(self, say=print, expect_partial=False):
+        """Load the newest readable checkpoint; return its path, or None if there is none."""
+        candidates = self.candidates()
+        for index, path in enumerate(candidates):
+            try:
+                status = self.checkpoint.restore(path)
+                if expect_partial:
+                    status.expect_partial()
+                else:
+                    status.assert_existing_objects_matched()
+                return path
+            except Exception as error:  # any failure to read means: try the one before
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                if index + 1 < len(candidates):
+                    say(
+                        f"warning: checkpoint {os.path.basename(path)} is unreadable ({reason}); "
+                        f"falling back to {os.path.basename(candidates[index + 1])}"
+                    )
+                    quarantine(path)
+                else:
+                    raise UsageError(
+                        f"--weights-dir {self.directory}: no readable checkpoint "
+                        f"({os.path.basename(path)}: {reason}); start anew with --fresh"
+                    ) from None
+        return None
+
+    def save(self, step, config):
+        """Write checkpoint `ckpt-<step>` and config.json; the pointer moves last."""
+        try:
+            config.save(self.directory)
+            path = self.manager.save(checkpoint_number=step)
+        except (OSError, tf.errors.OpError) as error:
+            reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[0]
+            latest = self.manager.latest_checkpoint
+            kept = os.path.basename(latest) if latest else "none"
+            raise UsageError(
+                f"--weights-dir {self.directory}: saving step {step} failed ({reason}); "
+                f"the last good checkpoint ({kept}) is intact. Free space or fix the folder, "
+                "then run again to resume"
+            ) from None
+        return path
+
+
+def checkpoint_step(path):
+    try:
+        return int(os.path.basename(path).rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def quarantine(path):
+    """Move the files of an unreadable checkpoint aside (renamed, never deleted)."""
+    folder, name = os.path.split(path)
+    for file_name in os.listdir(folder):
+        if file_name == name + ".index" or file_name.startswith(name + ".data-"):
+            os.replace(
+                os.path.join(folder, file_name), os.path.join(folder, "unreadable-" + file_name)
+            )
+
+
+def load_for_sampling(directory):
+    """The config and sampling model of the run in `directory`, on any device."""
+    from tf_diffusion.model import make_model
+
+    if not directory or not os.path.isdir(directory):
+        raise UsageError(f"--weights-dir {directory}: no such folder; train first with train.py")
+    if not has_checkpoint(directory):
+        raise UsageError(
+            f"--weights-dir {directory} has no checkpoint; train first with "
+            f"'python train.py --weights-dir {directory}'"
+        )
+    config = Config.load(directory)
+    if config is None:
+        raise UsageError(
+            f"--weights-dir {directory} has checkpoints but no {CONFIG_FILENAME}; "
+            "it was not written by tf-diffusion"
+        )
+    model = make_model(config)
+    name = "ema_model" if config.ema_decay > 0 else "model"
+    store = CheckpointStore(directory, {name: model})
+    store.restore(expect_partial=True)
+    return config, model

@@ -1,0 +1,155 @@
+"""What `train.py` and `predict.py` do, once their arguments are parsed."""
+
+import io
+import os
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+from tf_diffusion.checkpoint import (
+    CheckpointStore,
+    check_writable,
+    load_for_sampling,
+    resolve_config,
+)
+from tf_diffusion.config import CIFAR10_CLASS_NAMES, UsageError
+from tf_diffusion.data import load_images, make_dataset
+from tf_diffusion.images import parse_grid, save_gif, save_grid, save_strip, temporary_path, to_uint8
+from tf_diffusion.sampling import Sampler
+from tf_diffusion.training import Progress, Trainer, fit, make_strategy
+
+ROUND_SAMPLES = 25
+
+
+def train(weights_dir="checkpoints", recipe=None, overrides=None, fresh=False, quiet=False):
+    """Train (or resume) the run in `weights_dir` up to its `max_steps`; return the step reached."""
+    config, resumed, moved_to = resolve_config(weights_dir, recipe, overrides, fresh)
+    if moved_to:
+        print(f"--fresh: moved the old run to {moved_to}", flush=True)
+    images = load_images(config.data, config.label)
+    dataset = make_dataset(images, config.batch_size, config.timesteps, config.seed)
+    check_writable(weights_dir)
+
+    strategy = make_strategy(config.distribute)
+    trainer = Trainer(config, strategy)
+    if strategy.num_replicas_in_sync > 1 or config.distribute != "none":
+        dataset = strategy.experimental_distribute_dataset(dataset)
+    iterator = iter(dataset)
+    store = CheckpointStore(weights_dir, trainer.trackables(), config.keep_checkpoints, iterator)
+    if resumed:
+        path = store.restore()
+        print(f"Resuming from step {trainer.step} ({os.path.basename(path)}) in {weights_dir}",
+              flush=True)
+    else:
+        print(
+            f"Starting a new '{config.recipe}' run in {weights_dir}: class {config.label} "
+            f"({CIFAR10_CLASS_NAMES[config.label]}), {len(images)} images, "
+            f"{trainer.model.count_params():,} parameters",
+            flush=True,
+        )
+    if trainer.step >= config.max_steps:
+        print(f"Already at step {trainer.step}, which reaches --max-steps {config.max_steps}; "
+              "raise --max-steps to train more", flush=True)
+        return trainer.step
+
+    writer = tf.summary.create_file_writer(os.path.join(weights_dir, "logs"))
+    progress = Progress(trainer.step, config.max_steps, config.batch_size, quiet, writer)
+    saved_step = trainer.step
+
+    def save(step):
+        nonlocal saved_step
+        store.save(step, config)
+        saved_step = step
+
+    def sample_grid(step):
+        samples = Sampler(trainer.sampling_model, config).sample(ROUND_SAMPLES, seed=config.seed)
+        path = os.path.join(weights_dir, f"samples-step-{step:07d}.png")
+        save_grid(samples, path, title=f"{config.recipe} recipe, step {step}")
+        with writer.as_default(step=step):
+            tf.summary.image("samples", (to_uint8(samples)[:16].astype(np.float32) / 255.0),
+                             max_outputs=16)
+        progress.message(f"step {step}: wrote {path}")
+
+    try:
+        step = fit(
+            trainer,
+            iterator,
+            config.max_steps,
+            progress=progress,
+            on_save=save,
+            on_round_end=sample_grid,
+            save_every=config.save_every,
+            save_every_minutes=config.save_every_minutes,
+            steps_per_call=config.steps_per_call,
+        )
+    except KeyboardInterrupt:
+        progress.close()
+        step = trainer.step
+        if step > saved_step:
+            save(step)
+        print(f"\nInterrupted: saved step {step} in {weights_dir}; run the same command "
+              "to resume", file=sys.stderr, flush=True)
+        raise
+    progress.close()
+    if step > saved_step:
+        save(step)
+    sample_grid(step)
+    print(f"Done: step {step} saved in {weights_dir}", flush=True)
+    return step
+
+
+def predict(weights_dir="checkpoints", num=25, out="outputs/samples.png", npz=None,
+            steps=False, gif=None, grid=None, seed=0, sampling_steps=None):
+    """Sample `num` images from the run in `weights_dir` and write the requested files."""
+    rows, columns = parse_grid(grid, num)
+    config, model = load_for_sampling(weights_dir)
+    sampler = Sampler(model, config, sampling_steps)
+    images = sampler.sample(num, seed=seed)
+    written = []
+    if out:
+        save_grid(images, out, rows, columns)
+        written.append(out)
+    if npz:
+        save_npz(to_uint8(images), npz)
+        written.append(npz)
+    if steps or gif:
+        frames_num = min(num, 8)
+        _, frames = sampler.sample(frames_num, seed=seed, keep_frames=True)
+        if steps:
+            strip_path = steps_path(out or "outputs/samples.png")
+            strip_frames, strip_levels = thin_frames(frames, sampler.levels)
+            save_strip(strip_frames, strip_levels, strip_path)
+            written.append(strip_path)
+        if gif:
+            save_gif(frames, sampler.levels, gif)
+            written.append(gif)
+    print(f"{num} samples from {weights_dir} ({config.recipe} recipe, {sampler.sampling_steps} "
+          f"steps): wrote {', '.join(written) or 'nothing'}", flush=True)
+    return images
+
+
+def steps_path(out):
+    root, _ = os.path.splitext(out)
+    return root + "_steps.png"
+
+
+def thin_frames(frames, levels, most=17):
+    """At most `most` evenly spaced frames, always keeping the first and the last."""
+    if len(frames) <= most:
+        return frames, levels
+    keep = np.unique(np.round(np.linspace(0, len(frames) - 1, most)).astype(int))
+    return frames[keep], np.asarray(levels)[keep]
+
+
+def save_npz(images, path):
+    """Write `images` under key `x`, atomically."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, x=images)
+    temporary = temporary_path(path)
+    try:
+        with open(temporary, "wb") as file:
+            file.write(buffer.getvalue())
+    except OSError as error:
+        raise UsageError(f"--npz {path} cannot be written ({error.strerror}); choose another path") from None
+    os.replace(temporary, path)

@@ -1,0 +1,134 @@
+"""Pictures: sample grids and denoising strips as PNG (matplotlib), and GIFs (Pillow)."""
+
+import math
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no window is ever opened
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from tf_diffusion.config import UsageError  # noqa: E402
+
+
+def to_uint8(images):
+    """float images in [-1, 1] to uint8 0..255 (uint8 input passes through)."""
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        return images
+    return np.round(np.clip((images.astype(np.float32) + 1.0) * 127.5, 0, 255)).astype(np.uint8)
+
+
+def parse_grid(text, count=None):
+    """'ROWSxCOLS' to (rows, columns); None picks a near-square layout for `count`."""
+    if text is None:
+        columns = math.ceil(math.sqrt(count))
+        return math.ceil(count / columns), columns
+    parts = str(text).lower().split("x")
+    if len(parts) != 2 or not all(part.isdigit() and int(part) > 0 for part in parts):
+        raise UsageError(f"--grid {text!r} is not ROWSxCOLS, for example 4x8")
+    return int(parts[0]), int(parts[1])
+
+
+def tile(images, rows, columns, padding=2):
+    """One uint8 picture of `images` laid out in `rows` x `columns`, on white."""
+    images = to_uint8(images)
+    count, height, width, channels = images.shape
+    sheet = np.full(
+        (rows * (height + padding) + padding, columns * (width + padding) + padding, channels),
+        255,
+        np.uint8,
+    )
+    for index in range(min(count, rows * columns)):
+        row, column = divmod(index, columns)
+        top = padding + row * (height + padding)
+        left = padding + column * (width + padding)
+        sheet[top : top + height, left : left + width] = images[index]
+    return sheet
+
+
+def save_grid(images, path, rows=None, columns=None, scale=4, title=None):
+    """Write `images` as a PNG grid, each pixel drawn `scale` x `scale`."""
+    if rows is None or columns is None:
+        rows, columns = parse_grid(None, len(images))
+    sheet = tile(images, rows, columns)
+    height, width = sheet.shape[:2]
+    dots_per_inch = 100
+    figure = plt.figure(figsize=(width * scale / dots_per_inch, height * scale / dots_per_inch + (0.3 if title else 0)),
+                        dpi=dots_per_inch)
+    axes = figure.add_axes((0, 0, 1, height * scale / (height * scale + (30 if title else 0))))
+    axes.imshow(sheet, interpolation="nearest")
+    axes.axis("off")
+    if title:
+        figure.suptitle(title, fontsize=9, y=0.995, va="top")
+    write_figure(figure, path)
+
+
+def save_strip(frames, levels, path, scale=3):
+    """Write the denoising of each sample as a row of frames labelled with their level.
+
+    `frames` has shape (steps, num, 32, 32, 3); `levels` gives each frame's level.
+    """
+    frames = to_uint8(frames)
+    steps, count = frames.shape[:2]
+    figure, axes = plt.subplots(
+        count,
+        steps,
+        figsize=(steps * 0.32 * scale, count * 0.36 * scale),
+        squeeze=False,
+        gridspec_kw={"wspace": 0.05, "hspace": 0.05},
+    )
+    for row in range(count):
+        for column in range(steps):
+            axis = axes[row][column]
+            axis.imshow(frames[column, row], interpolation="nearest")
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if row == 0:
+                axis.set_title(f"t={int(levels[column])}", fontsize=7)
+    write_figure(figure, path)
+
+
+def save_gif(frames, levels, path, milliseconds_per_frame=120, scale=4, hold_last=8):
+    """Write an animated GIF with one frame per level: the samples as a grid, denoising."""
+    from PIL import Image
+
+    frames = to_uint8(frames)
+    rows, columns = parse_grid(None, frames.shape[1])
+    pictures = []
+    for frame in frames:
+        sheet = tile(frame, rows, columns)
+        picture = Image.fromarray(sheet).resize(
+            (sheet.shape[1] * scale, sheet.shape[0] * scale), Image.NEAREST
+        )
+        pictures.append(picture)
+    durations = [milliseconds_per_frame] * len(pictures)
+    durations[-1] = milliseconds_per_frame * hold_last
+    temporary = temporary_path(path)
+    pictures[0].save(
+        temporary,
+        format="GIF",
+        save_all=True,
+        append_images=pictures[1:],
+        duration=durations,
+        loop=0,
+        disposal=1,
+        optimize=False,
+    )
+    os.replace(temporary, path)
+
+
+def write_figure(figure, path):
+    temporary = temporary_path(path)
+    try:
+        figure.savefig(temporary, format="png")
+    finally:
+        plt.close(figure)
+    os.replace(temporary, path)
+
+
+def temporary_path(path):
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, "." + os.path.basename(path) + ".tmp")

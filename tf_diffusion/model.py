@@ -1,0 +1,191 @@
+"""The denoising U-Net, as a Keras functional model built from small closures.
+
+Both architectures take `[images, timesteps]`: images of shape (32, 32, 3) in
+[-1, 1] and the level index `t` of shape (1,). They have down blocks at 32,
+16, 8 and 4 pixels, a middle section at 4 pixels, up blocks with skip
+concatenations back to 32, and a time embedding that enters every block.
+
+* "classic" is the well-known "diffusion from scratch" network: each block
+  gates a 3x3 conv by a dense projection of the time features, adds a second
+  3x3 conv, then applies LayerNorm and ReLU; the middle is a small MLP on the
+  flattened 4x4 map. At width 128 it has 3.6M parameters.
+* "residual" uses residual blocks with GroupNorm and swish, a sinusoidal
+  embedding of the normalised level, and optional self-attention at 8x8.
+"""
+
+import math
+
+import keras
+import tensorflow as tf
+from keras import layers
+
+from tf_diffusion.config import IMAGE_CHANNELS, IMAGE_SIZE, Config, UsageError
+
+# Channel multipliers of the residual U-Net at 32, 16, 8 and 4 pixels.
+RESIDUAL_CHANNEL_MULTIPLIERS = (1, 2, 4, 4)
+
+
+def make_model(config=None, **overrides):
+    """Build the U-Net described by `config` (default: `Config()`), with overrides."""
+    config = (config or Config()).replace(**overrides) if overrides else (config or Config())
+    if config.architecture == "classic":
+        return make_classic_model(config.width, config.timesteps)
+    if config.architecture == "residual":
+        return make_residual_model(config.width, config.timesteps, config.attention)
+    raise UsageError(f"--architecture {config.architecture!r} is not one of: classic, residual")
+
+
+def model_inputs():
+    images = layers.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, IMAGE_CHANNELS), name="x_input")
+    timesteps = layers.Input(shape=(1,), name="x_ts_input")
+    return images, timesteps
+
+
+# --------------------------------------------------------------------------
+# classic
+
+
+def ClassicBlock(width):
+    def apply(images, time_features):
+        gate = layers.Conv2D(width, kernel_size=3, padding="same")(images)
+        gate = layers.Activation("relu")(gate)
+        time_gate = layers.Dense(width, activation="relu")(time_features)
+        time_gate = layers.Reshape((1, 1, width))(time_gate)
+        gated = layers.Multiply()([gate, time_gate])
+
+        outputs = layers.Conv2D(width, kernel_size=3, padding="same")(images)
+        outputs = layers.Add()([outputs, gated])
+        outputs = layers.LayerNormalization()(outputs)
+        return layers.Activation("relu")(outputs)
+
+    return apply
+
+
+def make_classic_model(width=128, timesteps=16):
+    """The classic network; `width` 128 gives the original 3.6M parameters."""
+    time_width = width * 3 // 2  # 192 at the classic width
+    middle_channels = max(1, width // 4)  # 32 at the classic width
+    images, timesteps_input = model_inputs()
+
+    time_features = layers.Dense(time_width)(timesteps_input)
+    time_features = layers.LayerNormalization()(time_features)
+    time_features = layers.Activation("relu")(time_features)
+
+    skips = []
+    x = images
+    for level in range(4):  # 32, 16, 8 and 4 pixels
+        x = ClassicBlock(width)(x, time_features)
+        skips.append(x)
+        if level < 3:
+            x = layers.MaxPool2D(2)(x)
+
+    x = layers.Flatten()(x)
+    x = layers.Concatenate()([x, time_features])
+    x = layers.Dense(width)(x)
+    x = layers.LayerNormalization()(x)
+    x = layers.Activation("relu")(x)
+    x = layers.Dense(4 * 4 * middle_channels)(x)
+    x = layers.LayerNormalization()(x)
+    x = layers.Activation("relu")(x)
+    x = layers.Reshape((4, 4, middle_channels))(x)
+
+    for level, skip in enumerate(reversed(skips)):
+        x = layers.Concatenate()([x, skip])
+        x = ClassicBlock(width)(x, time_features)
+        if level < 3:
+            x = layers.UpSampling2D(2)(x)
+
+    outputs = layers.Conv2D(IMAGE_CHANNELS, kernel_size=1, padding="same", dtype="float32")(x)
+    return keras.Model([images, timesteps_input], outputs, name="classic_unet")
+
+
+# --------------------------------------------------------------------------
+# residual
+
+
+def SinusoidalEmbedding(dimension, timesteps):
+    """Sines and cosines of the level's share of the way, at log-spaced frequencies."""
+    frequencies = tf.exp(tf.linspace(math.log(1.0), math.log(1000.0), dimension // 2))
+    angular_speeds = 2.0 * math.pi * frequencies
+
+    def embed(t):
+        fraction = tf.cast(t, tf.float32) / float(timesteps)
+        angles = fraction * tf.cast(angular_speeds, tf.float32)
+        return tf.concat([tf.sin(angles), tf.cos(angles)], axis=-1)
+
+    return layers.Lambda(embed, name="sinusoidal_embedding")
+
+
+def group_count(channels):
+    return math.gcd(channels, 8)
+
+
+def ResidualBlock(channels):
+    def apply(x, time_features):
+        if x.shape[-1] == channels:
+            residual = x
+        else:
+            residual = layers.Conv2D(channels, kernel_size=1)(x)
+        x = layers.GroupNormalization(groups=group_count(x.shape[-1]))(x)
+        x = layers.Activation("swish")(x)
+        x = layers.Conv2D(channels, kernel_size=3, padding="same")(x)
+        time_bias = layers.Dense(channels)(time_features)
+        x = layers.Add()([x, layers.Reshape((1, 1, channels))(time_bias)])
+        x = layers.GroupNormalization(groups=group_count(channels))(x)
+        x = layers.Activation("swish")(x)
+        x = layers.Conv2D(channels, kernel_size=3, padding="same")(x)
+        return layers.Add()([x, residual])
+
+    return apply
+
+
+def AttentionBlock(channels):
+    def apply(x):
+        height, width = x.shape[1], x.shape[2]
+        sequence = layers.GroupNormalization(groups=group_count(channels))(x)
+        sequence = layers.Reshape((height * width, channels))(sequence)
+        attended = layers.MultiHeadAttention(num_heads=4, key_dim=max(1, channels // 4))(
+            sequence, sequence
+        )
+        attended = layers.Reshape((height, width, channels))(attended)
+        return layers.Add()([x, attended])
+
+    return apply
+
+
+def make_residual_model(width=64, timesteps=1000, attention=False):
+    """A small residual U-Net with channels `width` x (1, 2, 4, 4) from 32 to 4 pixels."""
+    channels = [width * multiplier for multiplier in RESIDUAL_CHANNEL_MULTIPLIERS]
+    images, timesteps_input = model_inputs()
+
+    time_features = SinusoidalEmbedding(width, timesteps)(timesteps_input)
+    time_features = layers.Dense(width * 4, activation="swish")(time_features)
+    time_features = layers.Dense(width * 4, activation="swish")(time_features)
+
+    x = layers.Conv2D(width, kernel_size=3, padding="same")(images)
+    skips = []
+    for level, level_channels in enumerate(channels):  # 32, 16, 8 and 4 pixels
+        x = ResidualBlock(level_channels)(x, time_features)
+        if attention and level == 2:
+            x = AttentionBlock(level_channels)(x)
+        skips.append(x)
+        if level < 3:
+            x = layers.AveragePooling2D(2)(x)
+
+    x = ResidualBlock(channels[-1])(x, time_features)
+    x = ResidualBlock(channels[-1])(x, time_features)
+
+    for level, (level_channels, skip) in enumerate(zip(reversed(channels), reversed(skips))):
+        x = layers.Concatenate()([x, skip])
+        x = ResidualBlock(level_channels)(x, time_features)
+        if attention and level == 1:
+            x = AttentionBlock(level_channels)(x)
+        if level < 3:
+            x = layers.UpSampling2D(2, interpolation="nearest")(x)
+
+    x = layers.GroupNormalization(groups=group_count(width))(x)
+    x = layers.Activation("swish")(x)
+    outputs = layers.Conv2D(
+        IMAGE_CHANNELS, kernel_size=3, padding="same", kernel_initializer="zeros", dtype="float32"
+    )(x)
+    return keras.Model([images, timesteps_input], outputs, name="residual_unet")

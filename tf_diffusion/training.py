@@ -1,0 +1,307 @@
+"""Training: the model, optimizer and EMA weights of a run, `train_one`, and the loop.
+
+`Trainer.train_one` is one compiled step: it mixes the images with noise at
+their levels (`forward_noise`), runs the model on `(img_a, t)`, takes the mean
+absolute error against the target (the next, less noisy image `img_b` for the
+classic recipe, the noise for the default one) and applies one Adam step. It
+runs through `tf.distribute`, so the same code serves one device or many.
+"""
+
+import contextlib
+import math
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_diffusion.config import IMAGE_CHANNELS, IMAGE_SIZE, UsageError
+from tf_diffusion.model import make_model
+from tf_diffusion.schedule import NoiseSchedule
+
+PIXELS_PER_IMAGE = IMAGE_SIZE * IMAGE_SIZE * IMAGE_CHANNELS
+QUIET_LINE_SECONDS = 60.0
+
+
+def make_strategy(name="none"):
+    """The `tf.distribute` strategy for `--distribute`."""
+    if name == "none":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi-worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    raise UsageError(f"--distribute {name!r} is not one of: none, mirrored, multi-worker, tpu")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@keras.saving.register_keras_serializable(package="tf_diffusion")
+class RoundDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """`initial` times `decay` to the power of the finished rounds, never below `floor`."""
+
+    def __init__(self, initial, decay, round_steps, floor):
+        self.initial = float(initial)
+        self.decay = float(decay)
+        self.round_steps = int(round_steps)
+        self.floor = float(floor)
+
+    def __call__(self, step):
+        rounds = tf.math.floordiv(tf.cast(step, tf.float32), float(self.round_steps))
+        rate = self.initial * tf.pow(self.decay, rounds)
+        return tf.maximum(rate, self.floor)
+
+    def get_config(self):
+        return {
+            "initial": self.initial,
+            "decay": self.decay,
+            "round_steps": self.round_steps,
+            "floor": self.floor,
+        }
+
+
+@contextlib.contextmanager
+def dtype_policy(name):
+    """Build layers under the Keras dtype policy `name`, then put the old one back."""
+    previous = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
+
+
+class Trainer:
+    """The state of a training run and its compiled steps."""
+
+    def __init__(self, config, strategy=None):
+        self.config = config
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.schedule = NoiseSchedule.from_config(config)
+        learning_rate = config.learning_rate
+        if config.scale_learning_rate:
+            learning_rate *= self.strategy.num_replicas_in_sync
+        # The initial weights come from the seed too, so a run is reproducible.
+        keras.utils.set_random_seed(config.seed)
+        with self.strategy.scope():
+            with dtype_policy("mixed_float16" if config.mixed_precision else "float32"):
+                self.model = make_model(config)
+            self.ema_model = None
+            if config.ema_decay > 0:
+                self.ema_model = make_model(config)
+                self.ema_model.set_weights(self.model.get_weights())
+            self.adam = keras.optimizers.Adam(
+                RoundDecay(
+                    learning_rate,
+                    config.learning_rate_decay,
+                    config.round_steps,
+                    config.learning_rate_floor,
+                )
+            )
+            self.adam.build(self.model.trainable_variables)
+            self.optimizer = self.adam
+            if config.mixed_precision:
+                self.optimizer = keras.optimizers.LossScaleOptimizer(self.adam)
+                self.optimizer.build(self.model.trainable_variables)
+            # Used only when `train_one` is called without levels and noise.
+            self.generator = tf.random.Generator.from_seed(config.seed)
+        self.train_one = tf.function(self._train_one, jit_compile=config.xla or None)
+        self.train_steps = tf.function(self._train_steps, jit_compile=None)
+
+    # ---- state
+
+    @property
+    def step(self):
+        """The number of optimizer steps taken so far."""
+        return int(self.adam.iterations.numpy())
+
+    @property
+    def learning_rate(self):
+        return float(self.adam.learning_rate.numpy())
+
+    @property
+    def sampling_model(self):
+        """The EMA weights when the recipe keeps them, else the trained weights."""
+        return self.ema_model or self.model
+
+    def trackables(self):
+        """What a checkpoint must hold to continue this run exactly."""
+        objects = {"model": self.model, "optimizer": self.adam, "generator": self.generator}
+        if self.ema_model is not None:
+            objects["ema_model"] = self.ema_model
+        return objects
+
+    # ---- steps
+
+    def training_pair(self, images, levels, noises):
+        """The model input and the target that its output is compared with."""
+        if self.config.prediction == "next":
+            img_a, img_b = self.schedule.forward_noise(images, levels, noises)
+            return img_a, img_b
+        return self.schedule.mix(images, noises, levels), noises
+
+    def _replica_step(self, images, levels, noises):
+        inputs, targets = self.training_pair(images, levels, noises)
+        global_batch = tf.shape(images)[0] * self.strategy.num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            outputs = self.model(
+                [inputs, tf.cast(tf.reshape(levels, (-1, 1)), tf.float32)], training=True
+            )
+            absolute_errors = tf.abs(tf.cast(outputs, tf.float32) - targets)
+            loss = tf.reduce_sum(absolute_errors) / tf.cast(
+                global_batch * PIXELS_PER_IMAGE, tf.float32
+            )
+            scaled_loss = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled_loss, self.model.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
+        return loss
+
+    def _update_ema(self):
+        if self.ema_model is None:
+            return
+        step = tf.cast(self.adam.iterations, tf.float32)
+        decay = tf.minimum(self.config.ema_decay, (1.0 + step) / (10.0 + step))
+        for average, weight in zip(self.ema_model.weights, self.model.weights):
+            average.assign(decay * average + (1.0 - decay) * tf.cast(weight, average.dtype))
+
+    def _train_one(self, images, levels=None, noises=None):
+        """One step on a batch of images in [-1, 1]; returns the MAE loss.
+
+        `levels` and `noises` normally come from the data pipeline; without
+        them they are drawn here from the run's random generator.
+        """
+        if levels is None:
+            batch = tf.shape(images)[0]
+            levels = self.schedule.generate_ts(batch, self.generator)
+            noises = self.generator.normal(tf.shape(images))
+        per_replica_loss = self.strategy.run(self._replica_step, args=(images, levels, noises))
+        self._update_ema()
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica_loss, axis=None)
+
+    def _train_steps(self, iterator, count):
+        """`count` steps from a (distributed) iterator in one call; returns the mean loss."""
+        total = tf.constant(0.0)
+        for _ in tf.range(count):
+            images, levels, noises = next(iterator)
+            total += self._train_one(images, levels, noises)
+        return total / tf.cast(count, tf.float32)
+
+
+class Progress:
+    """Step, loss, learning rate, images/s and ETA: a bar on a terminal, lines elsewhere.
+
+    Also writes the scalars to TensorBoard when given a summary writer.
+    """
+
+    def __init__(self, start_step, max_steps, batch_size, quiet=False, writer=None,
+                 line_seconds=10.0, stream=None):
+        self.stream = stream or sys.stdout
+        self.start_step = start_step
+        self.max_steps = max_steps
+        self.batch_size = batch_size
+        self.writer = writer
+        self.line_seconds = line_seconds
+        self.start_time = time.monotonic()
+        self.last_line_time = -math.inf
+        self.bar = None
+        if quiet:
+            self.line_seconds = max(line_seconds, QUIET_LINE_SECONDS)
+        elif self.stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=max_steps, initial=start_step, unit="step", file=self.stream,
+                            dynamic_ncols=True)
+
+    def update(self, step, loss, learning_rate):
+        now = time.monotonic()
+        elapsed = now - self.start_time
+        steps_done = step - self.start_step
+        images_per_second = steps_done * self.batch_size / elapsed if elapsed > 0 else 0.0
+        seconds_per_step = elapsed / steps_done if steps_done else 0.0
+        eta = seconds_per_step * (self.max_steps - step)
+        if self.writer is not None:
+            with self.writer.as_default(step=step):
+                tf.summary.scalar("loss", loss)
+                tf.summary.scalar("learning_rate", learning_rate)
+                tf.summary.scalar("images_per_second", images_per_second)
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{learning_rate:.2e}",
+                                 img_s=f"{images_per_second:.1f}", refresh=False)
+            return
+        final = step >= self.max_steps
+        if final or now - self.last_line_time >= self.line_seconds:
+            self.last_line_time = now
+            print(
+                f"step {step}/{self.max_steps}  loss {loss:.4f}  lr {learning_rate:.2e}  "
+                f"{images_per_second:.1f} img/s  {seconds_per_step:.2f} s/step  "
+                f"ETA {format_duration(eta)}",
+                file=self.stream,
+                flush=True,
+            )
+
+    def message(self, text):
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.flush()
+
+
+def format_duration(seconds):
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+def fit(trainer, iterator, max_steps, progress=None, on_save=None, on_round_end=None,
+        save_every=1000, save_every_minutes=10.0, steps_per_call=1):
+    """Train until `max_steps`, calling `on_save(step)` and `on_round_end(step)` on time.
+
+    Raises `TrainingDiverged`, without saving, when the loss stops being finite.
+    A `KeyboardInterrupt` passes through, between two whole steps.
+    """
+    config = trainer.config
+    last_save_time = time.monotonic()
+    step = trainer.step
+    while step < max_steps:
+        count = min(steps_per_call, max_steps - step)
+        if count == 1:
+            images, levels, noises = next(iterator)
+            loss = trainer.train_one(images, levels, noises)
+        else:
+            loss = trainer.train_steps(iterator, tf.constant(count))
+        loss = float(loss)
+        new_step = trainer.step
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"the loss became {loss} at step {new_step}; nothing was saved after the last "
+                "checkpoint. Lower --lr or drop --mixed-precision, then run again to resume"
+            )
+        if progress is not None:
+            progress.update(new_step, loss, trainer.learning_rate)
+        round_ended = new_step // config.round_steps > step // config.round_steps
+        save_due = new_step // save_every > step // save_every or (
+            save_every_minutes and time.monotonic() - last_save_time >= 60 * save_every_minutes
+        )
+        step = new_step
+        if on_round_end is not None and round_ended:
+            on_round_end(step)
+        if on_save is not None and save_due and step < max_steps:
+            on_save(step)
+            last_save_time = time.monotonic()
+    return step

@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""Train a one-class CIFAR-10 diffusion model, resuming from --weights-dir if it holds a run.
+
+    python train.py --label automobile
+    python train.py --data ../shared/data/cifar10_automobile_train.npz --width 16 --max-steps 100
+
+Settings left out keep the values saved in the run's config.json (or the
+recipe's defaults for a new run); see README.md for every flag.
+"""
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def parse_arguments(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add = parser.add_argument
+    add("--recipe", choices=("default", "classic"), help="default (improved) or classic")
+    add("--label", help="CIFAR-10 class, 0-9 or a name such as automobile (default 1)")
+    add("--data", help="'tfds' (default: download CIFAR-10), an .npz file or an image folder")
+    add("--weights-dir", default="checkpoints", help="run folder to create or resume")
+    add("--batch-size", type=int, help="global batch (default 64; classic 128)")
+    add("--width", type=int, help="base channels of the U-Net (default 32; classic 128)")
+    add("--attention", action=argparse.BooleanOptionalAction, default=None,
+        help="self-attention at 8x8 (residual network)")
+    add("--timesteps", type=int, help="noise levels (default 1000; classic 16)")
+    add("--max-steps", type=int, help="total steps to reach; a resumed run continues up to it")
+    add("--round-steps", type=int, help="steps per learning-rate round (default 5000)")
+    add("--lr", type=float, dest="learning_rate", help="initial learning rate")
+    add("--lr-decay", type=float, dest="learning_rate_decay", help="factor after each round")
+    add("--ema-decay", type=float, help="EMA of the weights for sampling; 0 is off")
+    add("--seed", type=int, help="random seed of the data order, levels and noise")
+    add("--save-every", type=int, help="save every N steps (default 1000)")
+    add("--save-every-minutes", type=float, help="also save every M minutes (default 10)")
+    add("--keep-checkpoints", type=int, help="how many checkpoints to keep (default 3)")
+    add("--sampling-steps", type=int, help="denoising steps for the round sample grids")
+    add("--steps-per-call", type=int, help="training steps per compiled call (default 1)")
+    add("--mixed-precision", action=argparse.BooleanOptionalAction, default=None,
+        help="mixed_float16 compute with loss scaling (GPU)")
+    add("--xla", action=argparse.BooleanOptionalAction, default=None,
+        help="compile the training step with XLA (GPU)")
+    add("--distribute", choices=("none", "mirrored", "multi-worker", "tpu"),
+        help="tf.distribute strategy (default none)")
+    add("--scale-lr", action=argparse.BooleanOptionalAction, default=None,
+        dest="scale_learning_rate", help="multiply --lr by the number of replicas")
+    add("--fresh", action="store_true", help="move an existing run aside and start anew")
+    add("--quiet", action="store_true", help="no progress bar: a plain line a minute")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    arguments = vars(parse_arguments(argv))
+    from tf_diffusion.config import UsageError, check_arguments
+
+    weights_dir = arguments.pop("weights_dir")
+    recipe = arguments.pop("recipe")
+    fresh = arguments.pop("fresh")
+    quiet = arguments.pop("quiet")
+    try:
+        # Plain mistakes are reported at once, before TensorFlow loads.
+        check_arguments(recipe, arguments)
+        from tf_diffusion import commands
+        from tf_diffusion.training import TrainingDiverged
+
+        commands.train(weights_dir, recipe, arguments, fresh=fresh, quiet=quiet)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
