@@ -1,0 +1,41 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from tf_diffusion.config import Config  # noqa: E402
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(recipe="default", **overrides):
+    """A model small enough to train a few steps in well under a second."""
+    settings = {"width": 8, "batch_size": 4, "seed": 0, "save_every": 1000}
+    if recipe == "default":
+        settings.update(timesteps=20, sampling_steps=5)
+    settings.update(overrides)
+    return Config.for_recipe(recipe, **settings)
+
+
+def synthetic_images(count=24, seed=0):
+    """uint8 images with some structure: a bright square on a dark, coloured background."""
+    random = np.random.default_rng(seed)
+    images = random.integers(0, 60, size=(count, 32, 32, 3), dtype=np.uint8)
+    for index in range(count):
+        top, left = random.integers(4, 20, size=2)
+        images[index, top : top + 8, left : left + 8] = 230
+    return images
+
+
+@pytest.fixture
+def images():
+    return synthetic_images()
+
+
+@pytest.fixture
+def npz_path(tmp_path, images):
+    path = tmp_path / "cars.npz"
+    np.savez(path, x=images)
+    return str(path)

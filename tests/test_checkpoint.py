@@ -1,0 +1,169 @@
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_diffusion import commands
+from tf_diffusion.checkpoint import CheckpointStore, check_writable, resolve_config
+from tf_diffusion.config import Config, UsageError
+
+from conftest import REPOSITORY
+
+TINY = {"width": 8, "batch_size": 4, "timesteps": 20, "sampling_steps": 4, "save_every": 1000}
+
+
+@pytest.fixture(autouse=True)
+def deterministic_ops():
+    tf.config.experimental.enable_op_determinism()
+
+
+def train(weights_dir, npz_path, max_steps, **settings):
+    overrides = dict(TINY, data=npz_path, max_steps=max_steps, **settings)
+    return commands.train(str(weights_dir), None, overrides, quiet=True)
+
+
+def checkpoint_tensors(path):
+    """Every numeric tensor of a checkpoint (or a folder's newest), by name, but save_counter."""
+    reader = tf.train.load_checkpoint(str(path))
+    tensors = {}
+    for name, dtype in reader.get_variable_to_dtype_map().items():
+        if dtype.is_numpy_compatible and dtype != tf.string and "save_counter" not in name:
+            tensors[name] = reader.get_tensor(name)
+    names = " ".join(reader.get_variable_to_dtype_map())
+    for part in ("model/", "ema_model/", "optimizer/", "iterations", "data_iterator"):
+        assert part in names, f"the checkpoint holds no {part}"
+    return tensors
+
+
+def assert_same_tensors(first, second):
+    assert sorted(first) == sorted(second)
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name], err_msg=name)
+
+
+def run_train(weights_dir, npz_path, max_steps, *extra):
+    """train.py in a fresh process, as a real restart; deterministic ops, as in the issue."""
+    flags = [f"--{key.replace('_', '-')}={value}" for key, value in TINY.items()]
+    command = [sys.executable, os.path.join(REPOSITORY, "train.py"), *flags, "--quiet",
+               f"--data={npz_path}", f"--weights-dir={weights_dir}", f"--max-steps={max_steps}",
+               *extra]
+    environment = dict(os.environ, TF_DETERMINISTIC_OPS="1", TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def test_interrupted_runs_end_exactly_where_a_straight_run_ends(tmp_path, npz_path):
+    # One straight run to 6 steps, keeping its checkpoints at 4 and 6 (saving changes nothing).
+    run_train(tmp_path / "straight", npz_path, 6, "--save-every=4")
+    straight_4 = checkpoint_tensors(tmp_path / "straight" / "ckpt-4")
+    straight_6 = checkpoint_tensors(tmp_path / "straight" / "ckpt-6")
+    for pieces, straight in (((2, 2), straight_4), ((3, 1, 2), straight_6)):
+        folder = tmp_path / "+".join(map(str, pieces))
+        reached = 0
+        for piece in pieces:
+            output = run_train(folder, npz_path, reached + piece)
+            if reached:
+                assert f"Resuming from step {reached}" in output
+            reached += piece
+        resumed = checkpoint_tensors(folder)
+        assert_same_tensors(straight, resumed)
+        iterations = [name for name in resumed if "iterations" in name]
+        assert iterations and all(resumed[name] == reached for name in iterations)
+
+
+def test_resume_keeps_saved_settings_and_rejects_changed_ones(tmp_path, npz_path):
+    train(tmp_path / "run", npz_path, 1, learning_rate=2e-3)
+    config, resumed, _ = resolve_config(str(tmp_path / "run"), overrides={"max_steps": 9})
+    assert resumed and config.learning_rate == 2e-3 and config.width == 8 and config.max_steps == 9
+    with pytest.raises(UsageError) as error:
+        resolve_config(str(tmp_path / "run"), overrides={"width": 16, "batch_size": 8})
+    message = str(error.value)
+    assert "width is 8 there, 16 asked" in message and "batch_size is 4 there, 8 asked" in message
+    assert "--fresh" in message and "\n" not in message
+    with pytest.raises(UsageError, match="recipe is 'default' there, 'classic' asked"):
+        resolve_config(str(tmp_path / "run"), recipe="classic")
+
+
+def test_fresh_moves_the_old_run_aside(tmp_path, npz_path):
+    train(tmp_path / "run", npz_path, 1)
+    before = sorted(os.listdir(tmp_path / "run"))
+    config, resumed, moved_to = resolve_config(str(tmp_path / "run"), overrides={"width": 16}, fresh=True)
+    assert not resumed and config.width == 16
+    assert sorted(os.listdir(moved_to)) == before
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_unreadable_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, npz_path, capsys):
+    run = tmp_path / "run"
+    train(run, npz_path, 2, save_every=1)
+    state = tf.train.get_checkpoint_state(str(run))
+    assert [os.path.basename(path) for path in state.all_model_checkpoint_paths] == ["ckpt-1", "ckpt-2"]
+    data_file = next(name for name in os.listdir(run) if name.startswith("ckpt-2.data"))
+    with open(run / data_file, "r+b") as file:  # a save cut short by a lost Drive mount
+        file.truncate(100)
+    assert train(run, npz_path, 3) == 3
+    output = capsys.readouterr().out
+    assert "ckpt-2 is unreadable" in output and "falling back to ckpt-1" in output
+    assert "Resuming from step 1" in output
+    assert any(name.startswith("unreadable-ckpt-2") for name in os.listdir(run))
+
+
+def test_a_half_written_save_is_invisible(tmp_path, npz_path):
+    run = tmp_path / "run"
+    train(run, npz_path, 2)
+    # What a kill in the middle of the next save leaves: data without index or pointer.
+    (run / "ckpt-3.data-00000-of-00001.tempstate123").write_bytes(b"partial")
+    (run / "ckpt-3.data-00000-of-00001").write_bytes(b"partial")
+    assert train(run, npz_path, 4) == 4
+    assert os.path.basename(tf.train.latest_checkpoint(str(run))) == "ckpt-4"
+
+
+def test_failed_save_keeps_the_last_good_checkpoint(tmp_path, npz_path, monkeypatch):
+    run = tmp_path / "run"
+    train(run, npz_path, 2)
+    before = {name: (run / name).read_bytes() for name in os.listdir(run) if name.startswith("ckpt")}
+
+    def disk_full(self, *arguments, **keywords):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", disk_full)
+    with pytest.raises(UsageError, match=r"saving step 3 failed \(No space left on device\).*ckpt-2"):
+        train(run, npz_path, 3)
+    after = {name: (run / name).read_bytes() for name in os.listdir(run) if name.startswith("ckpt")}
+    assert after == before
+    assert tf.train.get_checkpoint_state(str(run)).model_checkpoint_path.endswith("ckpt-2")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_weights_dir_is_a_usage_error(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    with pytest.raises(UsageError, match="cannot be written"):
+        check_writable(str(locked / "run"))
+
+
+def test_weights_dir_that_is_a_file_is_a_usage_error(tmp_path):
+    path = tmp_path / "file"
+    path.write_text("x")
+    with pytest.raises(UsageError, match="is a file, not a folder"):
+        check_writable(str(path))
+
+
+def test_config_is_saved_beside_the_checkpoint(tmp_path, npz_path):
+    train(tmp_path / "run", npz_path, 1)
+    with open(tmp_path / "run" / "config.json") as file:
+        saved = json.load(file)
+    assert Config.from_dict(saved) == Config.load(str(tmp_path / "run"))
+    assert saved["width"] == 8 and saved["data"] == npz_path
+
+
+def test_store_without_checkpoints_restores_nothing(tmp_path):
+    store = CheckpointStore(str(tmp_path), {"step": tf.Variable(0)})
+    assert store.restore() is None

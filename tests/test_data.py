@@ -1,0 +1,112 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from tf_diffusion.config import UsageError
+from tf_diffusion.data import load_images, load_tfds_images, make_dataset
+
+from conftest import synthetic_images
+
+
+def test_npz_with_key_x(npz_path, images):
+    np.testing.assert_array_equal(load_images(npz_path, label=1), images)
+
+
+def test_npz_with_x_train_and_y_train_is_filtered_by_label(tmp_path):
+    images = synthetic_images(30)
+    labels = np.arange(30).reshape(-1, 1) % 10  # shaped like keras.datasets' labels
+    path = tmp_path / "cifar.npz"
+    np.savez(path, x_train=images, y_train=labels)
+    loaded = load_images(str(path), label=3)
+    np.testing.assert_array_equal(loaded, images[[3, 13, 23]])
+
+
+def test_image_folder_is_read_as_rgb_and_resized(tmp_path, images):
+    for index, image in enumerate(images[:3]):
+        Image.fromarray(image).save(tmp_path / f"car{index}.png")
+    Image.fromarray(images[3]).resize((64, 64)).convert("L").save(tmp_path / "big_gray.jpg")
+    (tmp_path / "notes.txt").write_text("not an image, and ignored")
+    loaded = load_images(str(tmp_path))
+    assert loaded.shape == (4, 32, 32, 3) and loaded.dtype == np.uint8
+    np.testing.assert_array_equal(loaded[2], images[1])  # sorted: big_gray.jpg, car0, car1
+
+
+def test_tfds_path_filters_cifar10_by_label():
+    with tfds.testing.mock_data(num_examples=40):
+        loaded = load_tfds_images(label=1)
+    assert loaded.dtype == np.uint8 and loaded.shape[1:] == (32, 32, 3)
+    assert 0 < len(loaded) < 40  # only the mocked examples whose label is 1
+
+
+def test_tfds_failure_suggests_data(monkeypatch):
+    def offline(*arguments, **keywords):
+        raise ConnectionError("Failed to connect to storage.googleapis.com")
+
+    monkeypatch.setattr(tfds, "load", offline)
+    with pytest.raises(UsageError, match="--data tfds: could not load CIFAR-10.*--data PATH"):
+        load_tfds_images(label=1)
+
+
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.zeros((10, 32, 32, 3), np.float32), "dtype float32"),
+        (np.zeros((10, 28, 28, 3), np.uint8), r"shape \(10, 28, 28, 3\)"),
+        (np.zeros((10, 32, 32), np.uint8), "grayscale"),
+        (np.zeros((10, 32, 32, 1), np.uint8), "grayscale"),
+        (np.zeros((0, 32, 32, 3), np.uint8), "no images"),
+    ],
+    ids=["float", "small", "grayscale", "one-channel", "empty"],
+)
+def test_bad_arrays_get_one_line_errors(tmp_path, array, message):
+    path = tmp_path / "bad.npz"
+    np.savez(path, x=array)
+    with pytest.raises(UsageError, match=message) as error:
+        load_images(str(path))
+    assert "\n" not in str(error.value) and "--data" in str(error.value)
+
+
+def test_missing_path_unknown_keys_and_non_images(tmp_path):
+    with pytest.raises(UsageError, match="no such file"):
+        load_images(str(tmp_path / "missing.npz"))
+    np.savez(tmp_path / "odd.npz", pictures=synthetic_images(2))
+    with pytest.raises(UsageError, match="no key 'x'"):
+        load_images(str(tmp_path / "odd.npz"))
+    (tmp_path / "broken.npz").write_bytes(b"not a zip file")
+    with pytest.raises(UsageError, match="not a readable .npz"):
+        load_images(str(tmp_path / "broken.npz"))
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_text("hello")
+    with pytest.raises(UsageError, match="no image files"):
+        load_images(str(folder))
+    (folder / "fake.png").write_text("this is not a png")
+    with pytest.raises(UsageError, match="fake.png is not a readable image"):
+        load_images(str(folder))
+
+
+def test_fewer_images_than_one_batch():
+    with pytest.raises(UsageError, match="--batch-size 32 is more than the 24 training images"):
+        make_dataset(synthetic_images(24), 32, timesteps=16)
+
+
+def test_pipeline_batches_scaled_images_with_levels_and_noise():
+    dataset = make_dataset(synthetic_images(24), 8, timesteps=16, seed=0)
+    images, levels, noises = next(iter(dataset))
+    assert images.shape == (8, 32, 32, 3) and images.dtype == tf.float32
+    assert -1.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 1.0
+    assert levels.dtype == tf.int32 and 0 <= int(tf.reduce_min(levels))
+    assert int(tf.reduce_max(levels)) < 16
+    assert noises.shape == (8, 32, 32, 3)
+
+
+def test_pipeline_is_reproducible_and_repeats():
+    def first_batches(seed, count=5):  # 5 batches of 8 from 24 images: past one epoch
+        return [batch[0].numpy() for batch in make_dataset(synthetic_images(24), 8, 16, seed).take(count)]
+
+    same, again, other = first_batches(0), first_batches(0), first_batches(1)
+    for left, right in zip(same, again):
+        np.testing.assert_array_equal(left, right)
+    assert not all(np.array_equal(left, right) for left, right in zip(same, other))

@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_diffusion import Config, make_model
+
+from conftest import tiny_config
+
+
+def classic_parameter_count(width=128):
+    """The classic network's parameters, counted layer by layer by hand."""
+    time_width = width * 3 // 2
+    middle = width // 4
+
+    def conv(inputs, outputs, kernel=3):
+        return kernel * kernel * inputs * outputs + outputs
+
+    def block(inputs):
+        # two 3x3 convs, the dense time gate and LayerNorm
+        return conv(inputs, width) * 2 + (time_width * width + width) + 2 * width
+
+    count = (1 * time_width + time_width) + 2 * time_width  # time Dense + LayerNorm
+    count += block(3) + 3 * block(width)  # down at 32, 16, 8, 4
+    count += (16 * width + time_width) * width + width + 2 * width  # MLP Dense + LayerNorm
+    count += width * 16 * middle + 16 * middle + 2 * 16 * middle  # Dense to 4x4 + LayerNorm
+    count += block(middle + width) + 3 * block(2 * width)  # up blocks after the concats
+    count += conv(width, 3, kernel=1)
+    return count
+
+
+def test_classic_model_has_the_classic_parameter_count():
+    model = make_model(Config.for_recipe("classic"))
+    assert model.count_params() == classic_parameter_count(128) == 3_586_819
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        tiny_config("classic"),
+        tiny_config("default"),
+        tiny_config("default", attention=True),
+    ],
+    ids=["classic", "residual", "residual-attention"],
+)
+def test_model_maps_images_and_timesteps_to_images(config):
+    model = make_model(config)
+    images = tf.random.normal((3, 32, 32, 3))
+    timesteps = tf.constant([[0.0], [5.0], [9.0]])
+    outputs = model([images, timesteps])
+    assert outputs.shape == (3, 32, 32, 3)
+    assert outputs.dtype == tf.float32
+    assert [tuple(spec.shape) for spec in model.inputs] == [(None, 32, 32, 3), (None, 1)]
+
+
+def test_the_timestep_changes_the_output():
+    model = make_model(tiny_config("classic"))
+    images = tf.random.normal((1, 32, 32, 3), seed=1)
+    first = model([images, tf.constant([[0.0]])])
+    second = model([images, tf.constant([[8.0]])])
+    assert not np.allclose(first, second)
+
+
+def test_width_sets_the_size():
+    small = make_model(tiny_config("default", width=8)).count_params()
+    large = make_model(tiny_config("default", width=16)).count_params()
+    assert large > 3 * small

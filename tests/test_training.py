@@ -1,0 +1,109 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_diffusion.data import make_dataset, scale_images
+from tf_diffusion.training import RoundDecay, Trainer, TrainingDiverged, fit
+
+from conftest import synthetic_images, tiny_config
+
+
+@pytest.mark.parametrize("recipe", ["classic", "default"])
+def test_train_one_lowers_the_loss_on_a_fixed_batch(recipe):
+    config = tiny_config(recipe, learning_rate=3e-3, ema_decay=0.0)
+    trainer = Trainer(config)
+    images = scale_images(synthetic_images(8))
+    levels = tf.constant([0, 1, 2, 3, 4, 5, 6, 7]) % config.timesteps
+    noises = tf.random.stateless_normal(images.shape, (1, 2))
+    losses = [float(trainer.train_one(images, levels, noises)) for _ in range(40)]
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    assert trainer.step == 40
+
+
+def test_train_one_draws_levels_and_noise_itself_when_not_given():
+    trainer = Trainer(tiny_config("classic"))
+    loss = trainer.train_one(scale_images(synthetic_images(4)))
+    assert np.isfinite(float(loss)) and trainer.step == 1
+
+
+def test_classic_target_is_the_next_less_noisy_image():
+    trainer = Trainer(tiny_config("classic"))
+    images = tf.random.stateless_uniform((2, 32, 32, 3), (1, 1), -1, 1)
+    noises = tf.random.stateless_normal((2, 32, 32, 3), (2, 2))
+    inputs, targets = trainer.training_pair(images, tf.constant([3, 3]), noises)
+    expected_a, expected_b = trainer.schedule.forward_noise(images, tf.constant([3, 3]), noises)
+    np.testing.assert_allclose(inputs, expected_a)
+    np.testing.assert_allclose(targets, expected_b)
+
+
+def test_learning_rate_decays_by_rounds_down_to_the_floor():
+    schedule = RoundDecay(8e-4, 0.9, 5000, 1e-6)
+    assert float(schedule(0)) == pytest.approx(8e-4)
+    assert float(schedule(4999)) == pytest.approx(8e-4)
+    assert float(schedule(5000)) == pytest.approx(7.2e-4)
+    assert float(schedule(10000)) == pytest.approx(6.48e-4)
+    assert float(schedule(5000 * 200)) == pytest.approx(1e-6)
+
+
+def test_trainer_learning_rate_follows_the_step():
+    config = tiny_config("classic", round_steps=2, learning_rate=1e-3, learning_rate_decay=0.5)
+    trainer = Trainer(config)
+    images = scale_images(synthetic_images(4))
+    rates = []
+    for _ in range(4):
+        rates.append(trainer.learning_rate)
+        trainer.train_one(images)
+    assert rates == pytest.approx([1e-3, 1e-3, 5e-4, 5e-4])
+
+
+def test_ema_weights_trail_the_trained_weights():
+    trainer = Trainer(tiny_config("default", ema_decay=0.9, learning_rate=1e-2))
+    start = [weight.numpy().copy() for weight in trainer.model.weights]
+    images = scale_images(synthetic_images(4))
+    for _ in range(5):
+        trainer.train_one(images)
+    for before, weight, average in zip(start, trainer.model.weights, trainer.ema_model.weights):
+        weight, average = weight.numpy(), average.numpy()
+        if np.allclose(before, weight):
+            continue
+        # The average lies between where the weights started and where they are.
+        assert np.abs(average - weight).max() > 0
+        assert np.abs(average - before).max() < np.abs(weight - before).max() + 1e-7
+
+
+def test_fit_stops_on_a_nan_loss_without_saving():
+    config = tiny_config("classic", learning_rate=1e-3)
+    trainer = Trainer(config)
+    images = synthetic_images(8)
+    dataset = make_dataset(images, 4, config.timesteps, 0)
+    poisoned = dataset.map(lambda x, t, n: (x * np.nan, t, n))
+    saves = []
+    with pytest.raises(TrainingDiverged, match="loss became nan"):
+        fit(trainer, iter(poisoned), max_steps=3, on_save=saves.append, save_every=1)
+    assert saves == []
+
+
+def test_fit_saves_on_schedule_and_calls_round_ends():
+    config = tiny_config("classic", round_steps=2)
+    trainer = Trainer(config)
+    dataset = make_dataset(synthetic_images(8), 4, config.timesteps, 0)
+    saves, rounds = [], []
+    step = fit(trainer, iter(dataset), max_steps=5, on_save=saves.append,
+               on_round_end=rounds.append, save_every=2, save_every_minutes=0)
+    assert step == 5
+    assert saves == [2, 4]  # the final save is the caller's
+    assert rounds == [2, 4]
+
+
+def test_steps_per_call_matches_single_steps():
+    tf.config.experimental.enable_op_determinism()
+    config = tiny_config("classic")
+    images = synthetic_images(8)
+    results = []
+    for steps_per_call in (1, 3):
+        trainer = Trainer(config)
+        dataset = make_dataset(images, 4, config.timesteps, 0)
+        fit(trainer, iter(dataset), max_steps=3, steps_per_call=steps_per_call)
+        results.append([weight.numpy() for weight in trainer.model.weights])
+    for single, many in zip(*results):
+        np.testing.assert_allclose(single, many, rtol=1e-5, atol=1e-6)
