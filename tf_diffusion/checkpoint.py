@@ -12,6 +12,7 @@ files aside (never deleting them).
 import datetime
 import os
 import shutil
+import time
 
 import tensorflow as tf
 
@@ -19,6 +20,8 @@ from tf_diffusion.config import CONFIG_FILENAME, Config, UsageError
 
 CHECKPOINT_PREFIX = "ckpt"
 WRITE_PROBE = ".write-probe"
+# Seconds to pause inside each save, between the files and the pointer (tests only).
+SAVE_DELAY_VARIABLE = "TF_DIFFUSION_SAVE_DELAY_SECONDS"
 
 
 def has_checkpoint(directory):
@@ -143,9 +146,17 @@ class CheckpointStore:
 
     def save(self, step, config):
         """Write checkpoint `ckpt-<step>` and config.json; the pointer moves last."""
+        options = None
+        delay = float(os.environ.get(SAVE_DELAY_VARIABLE, 0) or 0)
+        if delay > 0:
+            # Fault-injection hook: wait after the files are written, before the
+            # pointer moves, so that a kill can land in the middle of a save.
+            options = tf.train.CheckpointOptions(
+                experimental_write_callbacks=[lambda path: time.sleep(delay)]
+            )
         try:
             config.save(self.directory)
-            path = self.manager.save(checkpoint_number=step)
+            path = self.manager.save(checkpoint_number=step, options=options)
         except (OSError, tf.errors.OpError) as error:
             reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[0]
             latest = self.manager.latest_checkpoint
