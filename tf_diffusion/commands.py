@@ -94,7 +94,8 @@ def train(weights_dir="checkpoints", recipe=None, overrides=None, fresh=False, q
     progress.close()
     if step > saved_step:
         save(step)
-    sample_grid(step)
+    if step % config.round_steps:  # a round that just ended has its grid already
+        sample_grid(step)
     print(f"Done: step {step} saved in {weights_dir}", flush=True)
     return step
 

@@ -1,0 +1,29 @@
+import glob
+import os
+
+import tensorflow as tf
+
+from tf_diffusion import commands
+
+from conftest import tiny_config
+
+
+def test_training_writes_scalars_and_sample_images_for_tensorboard(tmp_path, npz_path):
+    settings = tiny_config("default").to_dict()
+    overrides = {key: settings[key] for key in ("width", "batch_size", "timesteps", "sampling_steps")}
+    commands.train(str(tmp_path / "run"), None,
+                   dict(overrides, data=npz_path, max_steps=4, round_steps=2), quiet=True)
+    event_files = glob.glob(os.path.join(tmp_path, "run", "logs", "events.out.tfevents.*"))
+    assert event_files
+    scalars, images = {}, {}
+    for path in event_files:
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                plugin = value.metadata.plugin_data.plugin_name
+                if plugin == "scalars":
+                    scalars.setdefault(value.tag, []).append(event.step)
+                elif plugin == "images":
+                    images.setdefault(value.tag, []).append(event.step)
+    assert scalars["loss"] == [1, 2, 3, 4]
+    assert set(scalars) >= {"loss", "learning_rate", "images_per_second"}
+    assert images["samples"] == [2, 4]  # a grid at the end of each round
