@@ -35,7 +35,7 @@ def checkpoint_tensors(path):
         if dtype.is_numpy_compatible and dtype != tf.string and "save_counter" not in name:
             tensors[name] = reader.get_tensor(name)
     names = " ".join(reader.get_variable_to_dtype_map())
-    for part in ("model/", "ema_model/", "optimizer/", "iterations", "data_iterator"):
+    for part in ("model/", "ema_model/", "optimizer/", "iterations", "batches_seen"):
         assert part in names, f"the checkpoint holds no {part}"
     return tensors
 

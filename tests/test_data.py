@@ -110,3 +110,20 @@ def test_pipeline_is_reproducible_and_repeats():
     for left, right in zip(same, again):
         np.testing.assert_array_equal(left, right)
     assert not all(np.array_equal(left, right) for left, right in zip(same, other))
+
+
+def test_pipeline_starts_at_any_batch_as_if_it_had_run_there():
+    images = synthetic_images(20)
+    straight = list(make_dataset(images, 8, 16, seed=5).take(7))  # 56 images: into epoch 3
+    resumed = list(make_dataset(images, 8, 16, seed=5, start_batch=4).take(3))
+    for expected, actual in zip(straight[4:], resumed):
+        for left, right in zip(expected, actual):
+            np.testing.assert_array_equal(left, right)
+
+
+def test_every_epoch_shows_every_image_once():
+    images = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1) * np.ones((1, 32, 32, 3), np.uint8)
+    batches = [batch[0].numpy()[:, 0, 0, 0] for batch in make_dataset(images, 5, 16).take(6)]
+    values = np.round((np.concatenate(batches) + 1) * 127.5).astype(int)
+    for epoch in range(3):
+        assert sorted(values[epoch * 10 : (epoch + 1) * 10]) == list(range(10))

@@ -95,12 +95,9 @@ def resolve_config(directory, recipe=None, overrides=None, fresh=False):
 class CheckpointStore:
     """The numbered checkpoints of one run and its `config.json`."""
 
-    def __init__(self, directory, trackables, keep=3, data_iterator=None):
+    def __init__(self, directory, trackables, keep=3):
         self.directory = directory
-        objects = dict(trackables)
-        if data_iterator is not None:
-            objects["data_iterator"] = data_iterator
-        self.checkpoint = tf.train.Checkpoint(**objects)
+        self.checkpoint = tf.train.Checkpoint(**trackables)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, directory, max_to_keep=keep, checkpoint_name=CHECKPOINT_PREFIX
         )

@@ -28,15 +28,13 @@ def train(weights_dir="checkpoints", recipe=None, overrides=None, fresh=False, q
     if moved_to:
         print(f"--fresh: moved the old run to {moved_to}", flush=True)
     images = load_images(config.data, config.label)
-    dataset = make_dataset(images, config.batch_size, config.timesteps, config.seed)
+    if len(images) < config.batch_size:
+        make_dataset(images, config.batch_size, config.timesteps)  # says what is wrong
     check_writable(weights_dir)
 
     strategy = make_strategy(config.distribute)
     trainer = Trainer(config, strategy)
-    if strategy.num_replicas_in_sync > 1 or config.distribute != "none":
-        dataset = strategy.experimental_distribute_dataset(dataset)
-    iterator = iter(dataset)
-    store = CheckpointStore(weights_dir, trainer.trackables(), config.keep_checkpoints, iterator)
+    store = CheckpointStore(weights_dir, trainer.trackables(), config.keep_checkpoints)
     if resumed:
         path = store.restore()
         print(f"Resuming from step {trainer.step} ({os.path.basename(path)}) in {weights_dir}",
@@ -48,6 +46,11 @@ def train(weights_dir="checkpoints", recipe=None, overrides=None, fresh=False, q
             f"{trainer.model.count_params():,} parameters",
             flush=True,
         )
+    dataset = make_dataset(images, config.batch_size, config.timesteps, config.seed,
+                           start_batch=int(trainer.batches_seen.numpy()))
+    if config.distribute != "none":
+        dataset = strategy.experimental_distribute_dataset(dataset)
+    iterator = iter(dataset)
     if trainer.step >= config.max_steps:
         print(f"Already at step {trainer.step}, which reaches --max-steps {config.max_steps}; "
               "raise --max-steps to train more", flush=True)

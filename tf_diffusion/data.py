@@ -5,7 +5,7 @@ Every source becomes one uint8 array (N, 32, 32, 3) of a single class, and
 pipeline also draws each example's level and noise, with stateless random
 ops keyed by the seed and the batch number, so that the same batch always
 gets the same noise whatever the device or the number of replicas, and a
-checkpointed iterator resumes the exact same stream.
+resumed run continues the exact same stream from the batch it had reached.
 """
 
 import os
@@ -147,46 +147,51 @@ def unscale_images(images):
     return np.round(images).astype(np.uint8)
 
 
-def make_dataset(images, batch_size, timesteps, seed=0):
+def make_dataset(images, batch_size, timesteps, seed=0, start_batch=0):
     """A repeating, shuffled `tf.data` pipeline of `(images, levels, noises)` batches.
 
-    Each epoch visits the images in a fresh random order drawn with a
-    stateless shuffle keyed by `(seed, epoch)`; the levels and noise of batch
-    `k` come from stateless random ops keyed by `(seed, k)`. So the stream
-    depends on the seed alone (not on TensorFlow's global seed), and a
-    checkpointed iterator holds only positions, not a shuffle buffer. The
+    Batch `k` is a pure function of `(seed, k)`: example position `p` of the
+    endless stream is image `permutation(seed, p // N)[p % N]`, a fresh
+    stateless shuffle of the N images for each epoch, and the levels and
+    noise of batch `k` come from stateless random ops keyed by `(seed, k)`.
+    So the stream does not depend on TensorFlow's global seed or on the
+    number of replicas, and a resumed run starts it again at `start_batch`
+    (the batches already seen) instead of storing an iterator state: its
+    checkpoints stay small and move between `tf.distribute` strategies. The
     images stay in memory as uint8, so a cache step would add nothing.
     """
-    if len(images) < batch_size:
+    count = len(images)
+    if count < batch_size:
         raise UsageError(
-            f"--batch-size {batch_size} is more than the {len(images)} training images; "
+            f"--batch-size {batch_size} is more than the {count} training images; "
             "use a smaller --batch-size or more data"
         )
     images = tf.constant(images)
-    count = len(images)
+    seed = tf.constant(seed, tf.int64)
 
-    def shuffled_epoch(epoch):
-        order = tf.random.experimental.stateless_shuffle(
-            tf.range(count, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch])
+    def permutation(epoch):
+        return tf.random.experimental.stateless_shuffle(
+            tf.range(count, dtype=tf.int64), seed=tf.stack([seed, epoch])
         )
-        return tf.data.Dataset.from_tensor_slices(order)
 
-    def add_levels_and_noise(batch_number, indices):
-        seed_levels = tf.stack([tf.constant(seed, tf.int64), 2 * batch_number])
-        seed_noise = tf.stack([tf.constant(seed, tf.int64), 2 * batch_number + 1])
+    def make_batch(batch_number):
+        positions = batch_number * batch_size + tf.range(batch_size, dtype=tf.int64)
+        epochs, within = positions // count, positions % count
+        # batch_size <= count, so a batch spans at most two epochs.
+        first = tf.gather(permutation(epochs[0]), within)
+        second = tf.gather(permutation(epochs[0] + 1), within)
+        indices = tf.where(epochs == epochs[0], first, second)
         levels = tf.random.stateless_uniform(
-            (batch_size,), seed_levels, minval=0, maxval=timesteps, dtype=tf.int32
+            (batch_size,), tf.stack([seed, 2 * batch_number]), 0, timesteps, dtype=tf.int32
         )
         noises = tf.random.stateless_normal(
-            (batch_size, IMAGE_SIZE, IMAGE_SIZE, IMAGE_CHANNELS), seed_noise
+            (batch_size, IMAGE_SIZE, IMAGE_SIZE, IMAGE_CHANNELS),
+            tf.stack([seed, 2 * batch_number + 1]),
         )
         return scale_images(tf.gather(images, indices)), levels, noises
 
-    dataset = tf.data.Dataset.range(2**62)  # epochs: repeats for as long as training runs
-    dataset = dataset.flat_map(shuffled_epoch)
-    dataset = dataset.batch(batch_size, drop_remainder=True)
-    dataset = dataset.enumerate()
-    dataset = dataset.map(add_levels_and_noise, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = tf.data.Dataset.range(int(start_batch), 2**62)  # for as long as training runs
+    dataset = dataset.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = True
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)

@@ -113,6 +113,9 @@ class Trainer:
                 self.optimizer.build(self.model.trainable_variables)
             # Used only when `train_one` is called without levels and noise.
             self.generator = tf.random.Generator.from_seed(config.seed)
+            # The data pipeline's position: a resumed run starts it here.
+            self.batches_seen = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                            name="batches_seen")
         self.train_one = tf.function(self._train_one, jit_compile=config.xla or None)
         self.train_steps = tf.function(self._train_steps, jit_compile=None)
 
@@ -134,7 +137,12 @@ class Trainer:
 
     def trackables(self):
         """What a checkpoint must hold to continue this run exactly."""
-        objects = {"model": self.model, "optimizer": self.adam, "generator": self.generator}
+        objects = {
+            "model": self.model,
+            "optimizer": self.adam,
+            "generator": self.generator,
+            "batches_seen": self.batches_seen,
+        }
         if self.ema_model is not None:
             objects["ema_model"] = self.ema_model
         return objects
@@ -184,6 +192,7 @@ class Trainer:
             noises = self.generator.normal(tf.shape(images))
         per_replica_loss = self.strategy.run(self._replica_step, args=(images, levels, noises))
         self._update_ema()
+        self.batches_seen.assign_add(1)
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica_loss, axis=None)
 
     def _train_steps(self, iterator, count):
