@@ -2,7 +2,9 @@
 
 import io
 import os
+import shutil
 import sys
+import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -30,34 +32,43 @@ def train(weights_dir="checkpoints", recipe=None, overrides=None, fresh=False, q
     images = load_images(config.data, config.label)
     if len(images) < config.batch_size:
         make_dataset(images, config.batch_size, config.timesteps)  # says what is wrong
-    check_writable(weights_dir)
 
     strategy = make_strategy(config.distribute)
+    chief = is_chief(strategy)
+    # Every worker of a multi-worker run takes part in each save; only the
+    # chief writes into the weights folder, the others into a scratch folder.
+    save_dir = weights_dir if chief else tempfile.mkdtemp(prefix="tf-diffusion-worker-")
+    check_writable(save_dir)
+    say = print if chief else (lambda *arguments, **keywords: None)
+
     trainer = Trainer(config, strategy)
     store = CheckpointStore(weights_dir, trainer.trackables(), config.keep_checkpoints)
     if resumed:
-        path = store.restore()
-        print(f"Resuming from step {trainer.step} ({os.path.basename(path)}) in {weights_dir}",
-              flush=True)
+        path = store.restore(say=say)
+        say(f"Resuming from step {trainer.step} ({os.path.basename(path)}) in {weights_dir}",
+            flush=True)
     else:
-        print(
+        say(
             f"Starting a new '{config.recipe}' run in {weights_dir}: class {config.label} "
             f"({CIFAR10_CLASS_NAMES[config.label]}), {len(images)} images, "
-            f"{trainer.model.count_params():,} parameters",
+            f"{trainer.model.count_params():,} parameters, {strategy.num_replicas_in_sync} "
+            f"replica{'s' if strategy.num_replicas_in_sync > 1 else ''}",
             flush=True,
         )
+    if not chief:
+        store = CheckpointStore(save_dir, trainer.trackables(), config.keep_checkpoints)
     dataset = make_dataset(images, config.batch_size, config.timesteps, config.seed,
                            start_batch=int(trainer.batches_seen.numpy()))
     if config.distribute != "none":
         dataset = strategy.experimental_distribute_dataset(dataset)
     iterator = iter(dataset)
     if trainer.step >= config.max_steps:
-        print(f"Already at step {trainer.step}, which reaches --max-steps {config.max_steps}; "
-              "raise --max-steps to train more", flush=True)
+        say(f"Already at step {trainer.step}, which reaches --max-steps {config.max_steps}; "
+            "raise --max-steps to train more", flush=True)
         return trainer.step
 
-    writer = tf.summary.create_file_writer(os.path.join(weights_dir, "logs"))
-    progress = Progress(trainer.step, config.max_steps, config.batch_size, quiet, writer)
+    writer = tf.summary.create_file_writer(os.path.join(save_dir, "logs"))
+    progress = Progress(trainer.step, config.max_steps, config.batch_size, quiet, writer) if chief else None
     saved_step = trainer.step
 
     def save(step):
@@ -66,6 +77,8 @@ def train(weights_dir="checkpoints", recipe=None, overrides=None, fresh=False, q
         saved_step = step
 
     def sample_grid(step):
+        if not chief:
+            return
         samples = Sampler(trainer.sampling_model, config).sample(ROUND_SAMPLES, seed=config.seed)
         path = os.path.join(weights_dir, f"samples-step-{step:07d}.png")
         save_grid(samples, path, title=f"{config.recipe} recipe, step {step}")
@@ -87,20 +100,35 @@ def train(weights_dir="checkpoints", recipe=None, overrides=None, fresh=False, q
             steps_per_call=config.steps_per_call,
         )
     except KeyboardInterrupt:
-        progress.close()
+        if progress is not None:
+            progress.close()
         step = trainer.step
         if step > saved_step:
             save(step)
-        print(f"\nInterrupted: saved step {step} in {weights_dir}; run the same command "
-              "to resume", file=sys.stderr, flush=True)
+        say(f"\nInterrupted: saved step {step} in {weights_dir}; run the same command "
+            "to resume", file=sys.stderr, flush=True)
         raise
-    progress.close()
+    if progress is not None:
+        progress.close()
     if step > saved_step:
         save(step)
     if step % config.round_steps:  # a round that just ended has its grid already
         sample_grid(step)
-    print(f"Done: step {step} saved in {weights_dir}", flush=True)
+    say(f"Done: step {step} saved in {weights_dir}", flush=True)
+    if not chief:
+        shutil.rmtree(save_dir, ignore_errors=True)
     return step
+
+
+def is_chief(strategy):
+    """Whether this process writes the run's files (always, but in a multi-worker run)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
 def predict(weights_dir="checkpoints", num=25, out="outputs/samples.png", npz=None,
