@@ -167,3 +167,13 @@ def test_config_is_saved_beside_the_checkpoint(tmp_path, npz_path):
 def test_store_without_checkpoints_restores_nothing(tmp_path):
     store = CheckpointStore(str(tmp_path), {"step": tf.Variable(0)})
     assert store.restore() is None
+
+
+def test_a_checkpoint_from_another_model_is_an_error_and_nothing_is_moved(tmp_path):
+    store = CheckpointStore(str(tmp_path), {"step": tf.Variable(3), "other": tf.Variable(1.0)})
+    store.save(3, Config())
+    before = sorted(os.listdir(tmp_path))
+    newer_code = CheckpointStore(str(tmp_path), {"step": tf.Variable(0), "extra": tf.Variable(2.0)})
+    with pytest.raises(UsageError, match="ckpt-3 does not fit this version's model"):
+        newer_code.restore()
+    assert sorted(os.listdir(tmp_path)) == before

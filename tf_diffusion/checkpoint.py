@@ -116,29 +116,42 @@ class CheckpointStore:
         return sorted(set(paths), key=checkpoint_step, reverse=True)
 
     def restore(self, say=print, expect_partial=False):
-        """Load the newest readable checkpoint; return its path, or None if there is none."""
+        """Load the newest readable checkpoint; return its path, or None if there is none.
+
+        A checkpoint whose files cannot be read is moved aside and the one
+        before it is tried. One that reads but does not fit the model (another
+        version of the code) is an error: nothing is moved.
+        """
         candidates = self.candidates()
         for index, path in enumerate(candidates):
+            name = os.path.basename(path)
             try:
                 status = self.checkpoint.restore(path)
-                if expect_partial:
-                    status.expect_partial()
-                else:
-                    status.assert_existing_objects_matched()
-                return path
             except Exception as error:  # any failure to read means: try the one before
-                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                if index + 1 < len(candidates):
-                    say(
-                        f"warning: checkpoint {os.path.basename(path)} is unreadable ({reason}); "
-                        f"falling back to {os.path.basename(candidates[index + 1])}"
-                    )
-                    quarantine(path)
-                else:
+                reason = first_line(error)
+                if index + 1 == len(candidates):
                     raise UsageError(
-                        f"--weights-dir {self.directory}: no readable checkpoint "
-                        f"({os.path.basename(path)}: {reason}); start anew with --fresh"
+                        f"--weights-dir {self.directory}: no readable checkpoint ({name}: "
+                        f"{reason}); start anew with --fresh"
                     ) from None
+                say(
+                    f"warning: checkpoint {name} is unreadable ({reason}); "
+                    f"falling back to {os.path.basename(candidates[index + 1])}"
+                )
+                quarantine(path)
+                continue
+            if expect_partial:
+                status.expect_partial()
+            else:
+                try:
+                    status.assert_existing_objects_matched()
+                except AssertionError as error:
+                    raise UsageError(
+                        f"--weights-dir {self.directory}: {name} does not fit this version's "
+                        f"model ({first_line(error)[:200]}); use the tf-diffusion version that "
+                        "wrote it, or start anew with --fresh"
+                    ) from None
+            return path
         return None
 
     def save(self, step, config):
@@ -155,7 +168,7 @@ class CheckpointStore:
             config.save(self.directory)
             path = self.manager.save(checkpoint_number=step, options=options)
         except (OSError, tf.errors.OpError) as error:
-            reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[0]
+            reason = getattr(error, "strerror", None) or first_line(error)
             latest = self.manager.latest_checkpoint
             kept = os.path.basename(latest) if latest else "none"
             raise UsageError(
@@ -164,6 +177,11 @@ class CheckpointStore:
                 "then run again to resume"
             ) from None
         return path
+
+
+def first_line(error):
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def checkpoint_step(path):
