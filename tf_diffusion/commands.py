@@ -132,10 +132,16 @@ def is_chief(strategy):
 
 
 def predict(weights_dir="checkpoints", num=25, out="outputs/samples.png", npz=None,
-            steps=False, gif=None, grid=None, seed=0, sampling_steps=None):
-    """Sample `num` images from the run in `weights_dir` and write the requested files."""
+            steps=False, gif=None, grid=None, seed=0, sampling_steps=None, evaluate=False,
+            data=None, inception_weights="imagenet"):
+    """Sample `num` images from the run in `weights_dir` and write the requested files.
+
+    With `evaluate`, also print FID and KID against as many training images
+    of the run's class (from `data`, or the run's own data source).
+    """
     rows, columns = parse_grid(grid, num)
     config, model = load_for_sampling(weights_dir)
+    real = load_images(data or config.data, config.label) if evaluate else None
     sampler = Sampler(model, config, sampling_steps)
     images = sampler.sample(num, seed=seed)
     written = []
@@ -158,6 +164,14 @@ def predict(weights_dir="checkpoints", num=25, out="outputs/samples.png", npz=No
             written.append(gif)
     print(f"{num} samples from {weights_dir} ({config.recipe} recipe, {sampler.sampling_steps} "
           f"steps): wrote {', '.join(written) or 'nothing'}", flush=True)
+    if evaluate:
+        from tf_diffusion.metrics import evaluate as measure
+
+        chosen = np.random.default_rng(seed).permutation(len(real))[:num]
+        scores = measure(to_uint8(images), real[chosen], inception_weights)
+        print(f"FID {scores['fid']:.2f}  KID {scores['kid']:.5f} +- {scores['kid_std']:.5f}  "
+              f"({scores['generated']} generated vs {scores['real']} training images, "
+              "Keras InceptionV3 features)", flush=True)
     return images
 
 
