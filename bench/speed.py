@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""Training and sampling speed: the classic recipe's own loop against tf_diffusion, side by side.
+
+    python bench/speed.py                       # classic width 128, batch 128
+    python bench/speed.py --cpu-options         # also: oneDNN off, thread settings, XLA
+    python bench/speed.py --mixed-precision --xla   # GPU options on the project's side
+
+Both sides use the same model width and batch, in one process:
+(a) the reference: the classic notebook's loop, `model.train_on_batch` on
+    numpy noise and sampling with `model.predict` once per step;
+(b) tf_diffusion: the compiled `train_one` fed by tf.data, and the compiled
+    sampler (one `tf.function` for the whole denoising loop).
+The achieved GFLOP/s come from the model's multiply-adds counted layer by
+layer (a training step is taken as 3x the forward pass), against a 4096^2
+float32 `tf.matmul` measured in the same run.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPOSITORY)
+
+
+def parse_arguments():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=6, help="timed training steps per side")
+    parser.add_argument("--sample-num", type=int, default=1000)
+    parser.add_argument("--mixed-precision", action="store_true")
+    parser.add_argument("--xla", action="store_true")
+    parser.add_argument("--cpu-options", action="store_true",
+                        help="also time the project's step under other CPU settings, each in its own process")
+    parser.add_argument("--only-project-training", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--intra-op", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--inter-op", type=int, help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def machine(tf):
+    cpu = platform.processor() or "CPU"
+    try:
+        with open("/proc/cpuinfo") as file:
+            cpu = next(line.split(":", 1)[1].strip() for line in file if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpus = [tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
+            for gpu in tf.config.list_physical_devices("GPU")]
+    return (f"{cpu}, {os.cpu_count()} cores, GPU: {', '.join(gpus) or 'none'}, "
+            f"TensorFlow {tf.__version__}, Python {platform.python_version()}")
+
+
+def forward_flops(model):
+    """Floating-point operations of one forward pass for one image (2 per multiply-add)."""
+    from keras import layers
+
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, layers.Conv2D):
+            height, width, channels_out = layer.output.shape[1:]
+            kernel = layer.kernel.shape
+            total += 2 * kernel[0] * kernel[1] * kernel[2] * channels_out * height * width
+        elif isinstance(layer, layers.Dense):
+            inputs, outputs = layer.kernel.shape
+            positions = 1
+            for size in layer.output.shape[1:-1]:
+                positions *= size
+            total += 2 * inputs * outputs * positions
+    return total
+
+
+def matmul_peak(tf, size=4096, repeats=5):
+    a = tf.random.normal((size, size))
+    b = tf.random.normal((size, size))
+    multiply = tf.function(lambda x, y: tf.matmul(x, y))
+    multiply(a, b).numpy()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        multiply(a, b).numpy()
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def timed(function, repeats):
+    function()  # warm-up: tracing, compilation, memory
+    start = time.perf_counter()
+    for _ in range(repeats):
+        function()
+    return (time.perf_counter() - start) / repeats
+
+
+def reference_side(config, images, arguments, np, keras):
+    """The classic notebook's loop, as it was written: numpy noise and Keras' own calls."""
+    from tf_diffusion.model import make_model
+
+    model = make_model(config)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=8e-4), loss=keras.losses.MeanAbsoluteError())
+    time_bar = 1 - np.linspace(0, 1.0, config.timesteps + 1)
+    random = np.random.default_rng(0)
+
+    def train_once():
+        batch = images[random.integers(len(images), size=arguments.batch_size)]
+        t = random.integers(0, config.timesteps, size=arguments.batch_size)
+        noise = random.normal(size=batch.shape)
+        a = time_bar[t].reshape((-1, 1, 1, 1))
+        b = time_bar[t + 1].reshape((-1, 1, 1, 1))
+        img_a = batch * (1 - a) + noise * a
+        img_b = batch * (1 - b) + noise * b
+        model.train_on_batch([img_a, t], img_b)
+
+    def sample(count):
+        x = random.normal(size=(count, 32, 32, 3))
+        for level in range(config.timesteps):
+            x = model.predict([x, np.full((count,), level)], verbose=0)
+        return x
+
+    return model, train_once, sample
+
+
+def project_side(config, images, arguments, tf):
+    from tf_diffusion.data import make_dataset
+    from tf_diffusion.sampling import Sampler
+    from tf_diffusion.training import Trainer
+
+    trainer = Trainer(config)
+    iterator = iter(make_dataset(images, config.batch_size, config.timesteps, config.seed))
+
+    def train_once():
+        float(trainer.train_one(*next(iterator)))
+
+    sampler = Sampler(trainer.model, config)
+
+    def sample(count):
+        return sampler.sample(count, keep_frames=count <= 8)
+
+    return trainer.model, train_once, sample
+
+
+def main():
+    arguments = parse_arguments()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    if arguments.intra_op:
+        tf.config.threading.set_intra_op_parallelism_threads(arguments.intra_op)
+    if arguments.inter_op:
+        tf.config.threading.set_inter_op_parallelism_threads(arguments.inter_op)
+    from tf_diffusion.config import Config
+
+    images = np.random.default_rng(0).integers(0, 255, (1000, 32, 32, 3), dtype=np.uint8)
+    config = Config.for_recipe("classic", width=arguments.width, batch_size=arguments.batch_size,
+                               mixed_precision=arguments.mixed_precision, xla=arguments.xla)
+    if arguments.only_project_training:
+        _, train_once, _ = project_side(config, images, arguments, tf)
+        seconds = timed(train_once, arguments.steps)
+        print(json.dumps({"images_per_second": arguments.batch_size / seconds}))
+        return
+
+    reference_config = config.replace(mixed_precision=False, xla=False)
+    peak = matmul_peak(tf)
+    model, reference_train, reference_sample = reference_side(reference_config, images / 127.5 - 1, arguments, np, keras)
+    flops = forward_flops(model)
+    _, project_train, project_sample = project_side(config, images, arguments, tf)
+
+    rows = []
+
+    def measure(name, reference, project, work, unit):
+        reference_seconds = timed(reference, 1 if "sample" in name else arguments.steps)
+        project_seconds = timed(project, 1 if "sample" in name else arguments.steps)
+        rows.append((name, work / reference_seconds, work / project_seconds, unit))
+
+    measure("training", reference_train, project_train, arguments.batch_size, "img/s")
+    measure("sample 8 (predict_step)", lambda: reference_sample(8), lambda: project_sample(8), 8, "img/s")
+    measure(f"sample {arguments.sample_num}", lambda: reference_sample(arguments.sample_num),
+            lambda: project_sample(arguments.sample_num), arguments.sample_num, "img/s")
+
+    training_flops = 3 * flops
+    print(f"bench/speed.py  {' '.join(sys.argv[1:])}")
+    print(f"machine: {machine(tf)}")
+    print(f"model: classic U-Net, width {arguments.width}, {model.count_params():,} parameters, "
+          f"{flops / 1e9:.2f} GFLOP forward per image, {training_flops / 1e9:.2f} GFLOP per "
+          f"training image; batch {arguments.batch_size}; project side: mixed precision "
+          f"{arguments.mixed_precision}, XLA {arguments.xla}")
+    print(f"tf.matmul 4096x4096 float32 peak: {peak:.0f} GFLOP/s")
+    print("| measure | reference (classic loop) | tf_diffusion | ratio |")
+    print("|---|---|---|---|")
+    for name, reference, project, unit in rows:
+        print(f"| {name} | {reference:.1f} {unit} | {project:.1f} {unit} | {project / reference:.2f}x |")
+    reference_gflops = rows[0][1] * training_flops / 1e9
+    project_gflops = rows[0][2] * training_flops / 1e9
+    print(f"| training GFLOP/s | {reference_gflops:.0f} ({100 * reference_gflops / peak:.0f}% of matmul peak) "
+          f"| {project_gflops:.0f} ({100 * project_gflops / peak:.0f}% of matmul peak) | |")
+
+    if arguments.cpu_options:
+        print("\nThe project's training step under other settings, each in a fresh process:")
+        print("| setting | img/s |")
+        print("|---|---|")
+        variants = [
+            ("defaults", {}, []),
+            ("TF_ENABLE_ONEDNN_OPTS=0", {"TF_ENABLE_ONEDNN_OPTS": "0"}, []),
+            ("intra-op 2, inter-op 1", {}, ["--intra-op", "2", "--inter-op", "1"]),
+            ("intra-op 1, inter-op 1", {}, ["--intra-op", "1", "--inter-op", "1"]),
+            ("XLA (jit_compile)", {}, ["--xla"]),
+        ]
+        for name, environment, flags in variants:
+            command = [sys.executable, __file__, "--only-project-training", "--width", str(arguments.width),
+                       "--batch-size", str(arguments.batch_size), "--steps", str(arguments.steps), *flags]
+            result = subprocess.run(command, capture_output=True, text=True,
+                                    env=dict(os.environ, **environment))
+            try:
+                speed = json.loads(result.stdout.strip().splitlines()[-1])["images_per_second"]
+                print(f"| {name} | {speed:.1f} |", flush=True)
+            except (IndexError, ValueError, KeyError):
+                print(f"| {name} | failed: {result.stderr.strip().splitlines()[-1:]} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
