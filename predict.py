@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Generate images from a trained run, and show how noise turns into them.
 
-    python predict.py --steps
-    python predict.py --weights-dir W --num 1000 --npz samples.npz --sampling-steps 25
-    python predict.py --weights-dir W --num 1000 --evaluate
+python predict.py --steps
+python predict.py --weights-dir W --num 1000 --npz samples.npz --sampling-steps 25
+python predict.py --weights-dir W --num 1000 --evaluate
 """
 
 import argparse
@@ -25,11 +25,17 @@ def parse_arguments(argv=None):
     add("--gif", help="also write an animated GIF of the denoising, one frame per level")
     add("--seed", type=int, default=0, help="random seed of the starting noise")
     add("--sampling-steps", type=int, help="denoising steps (default: the run's)")
-    add("--evaluate", action="store_true",
-        help="print FID and KID of the samples against as many training images")
+    add(
+        "--evaluate",
+        action="store_true",
+        help="print FID and KID of the samples against as many training images",
+    )
     add("--data", help="real images for --evaluate (default: the run's --data)")
-    add("--inception-weights", default="imagenet",
-        help="InceptionV3 weights for --evaluate: 'imagenet' (downloads) or a local .h5 file")
+    add(
+        "--inception-weights",
+        default="imagenet",
+        help="InceptionV3 weights for --evaluate: 'imagenet' (downloads) or a local .h5 file",
+    )
     return parser.parse_args(argv)
 
 

@@ -24,8 +24,12 @@ def parse_arguments(argv=None):
     add("--weights-dir", default="checkpoints", help="run folder to create or resume")
     add("--batch-size", type=int, help="global batch (default 64; classic 128)")
     add("--width", type=int, help="base channels of the U-Net (default 32; classic 128)")
-    add("--attention", action=argparse.BooleanOptionalAction, default=None,
-        help="self-attention at 8x8 (residual network)")
+    add(
+        "--attention",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="self-attention at 8x8 (residual network)",
+    )
     add("--timesteps", type=int, help="noise levels (default 1000; classic 16)")
     add("--max-steps", type=int, help="total steps to reach; a resumed run continues up to it")
     add("--round-steps", type=int, help="steps per learning-rate round (default 5000)")
@@ -38,14 +42,30 @@ def parse_arguments(argv=None):
     add("--keep-checkpoints", type=int, help="how many checkpoints to keep (default 3)")
     add("--sampling-steps", type=int, help="denoising steps for the round sample grids")
     add("--steps-per-call", type=int, help="training steps per compiled call (default 1)")
-    add("--mixed-precision", action=argparse.BooleanOptionalAction, default=None,
-        help="mixed_float16 compute with loss scaling (GPU)")
-    add("--xla", action=argparse.BooleanOptionalAction, default=None,
-        help="compile the training step with XLA (GPU)")
-    add("--distribute", choices=("none", "mirrored", "multi-worker", "tpu"),
-        help="tf.distribute strategy (default none)")
-    add("--scale-lr", action=argparse.BooleanOptionalAction, default=None,
-        dest="scale_learning_rate", help="multiply --lr by the number of replicas")
+    add(
+        "--mixed-precision",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mixed_float16 compute with loss scaling (GPU)",
+    )
+    add(
+        "--xla",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="compile the training step with XLA (GPU)",
+    )
+    add(
+        "--distribute",
+        choices=("none", "mirrored", "multi-worker", "tpu"),
+        help="tf.distribute strategy (default none)",
+    )
+    add(
+        "--scale-lr",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        dest="scale_learning_rate",
+        help="multiply --lr by the number of replicas",
+    )
     add("--fresh", action="store_true", help="move an existing run aside and start anew")
     add("--quiet", action="store_true", help="no progress bar: a plain line a minute")
     return parser.parse_args(argv)

@@ -93,15 +93,37 @@ def main():
     chooser = random.Random(arguments.seed)
 
     def command(max_steps):
-        return [sys.executable, os.path.join(REPOSITORY, "train.py"), "--data", data,
-                "--weights-dir", weights_dir, "--width", "8", "--batch-size", "8",
-                "--timesteps", "20", "--sampling-steps", "4", "--save-every", "1",
-                "--keep-checkpoints", "3", "--max-steps", str(max_steps), "--quiet"]
+        return [
+            sys.executable,
+            os.path.join(REPOSITORY, "train.py"),
+            "--data",
+            data,
+            "--weights-dir",
+            weights_dir,
+            "--width",
+            "8",
+            "--batch-size",
+            "8",
+            "--timesteps",
+            "20",
+            "--sampling-steps",
+            "4",
+            "--save-every",
+            "1",
+            "--keep-checkpoints",
+            "3",
+            "--max-steps",
+            str(max_steps),
+            "--quiet",
+        ]
 
     print(f"bench/fault_injection.py: {arguments.kills} SIGKILLs, work folder {folder}")
     print(f"command: {' '.join(shlex.quote(part) for part in command('N'))}")
-    print("| trial | killed s after first save | step before | step after kill | left mid-save files | "
-          "corrupt | resumed from | reached | ok |")
+    print(
+        "| trial | killed s after first save | step before | step after kill | "
+        "left mid-save files | "
+        "corrupt | resumed from | reached | ok |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     totals = {"resumed": 0, "corrupt": 0, "reached": 0, "mid_save": 0}
     max_steps = 0
@@ -116,8 +138,13 @@ def main():
         environment = dict(os.environ)
         if trial % 2 == 0:
             environment[SAVE_DELAY_VARIABLE] = "0.5"
-        process = subprocess.Popen(command(max_steps), stdout=subprocess.PIPE,
-                                   stderr=subprocess.DEVNULL, text=True, env=environment)
+        process = subprocess.Popen(
+            command(max_steps),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=environment,
+        )
         process.stdout.readline()  # "Starting a new ..." or "Resuming from step ..."
         pointer = os.path.join(weights_dir, "checkpoint")
         first_save = read_text(pointer)
@@ -133,9 +160,13 @@ def main():
         killed_after = time.monotonic() - started
         after_kill = newest_step(weights_dir)
         # Files of a save that the pointer does not name yet: the kill came mid-save.
-        leftovers = [name for name in os.listdir(weights_dir)
-                     if "_temp" in name or "tempstate" in name
-                     or (name.endswith(".index") and checkpoint_number(name) > after_kill)]
+        leftovers = [
+            name
+            for name in os.listdir(weights_dir)
+            if "_temp" in name
+            or "tempstate" in name
+            or (name.endswith(".index") and checkpoint_number(name) > after_kill)
+        ]
         corrupt = corrupt_checkpoints(weights_dir)
         resume = subprocess.run(command(max_steps), capture_output=True, text=True, timeout=600)
         expected = f"Resuming from step {after_kill}" if after_kill else "Starting a new"
@@ -147,16 +178,25 @@ def main():
         totals["reached"] += reached == max_steps
         totals["mid_save"] += bool(leftovers)
         resumed_from = expected.replace("Resuming from step ", "") if resumed else "FAILED"
-        print(f"| {trial} | {killed_after:.1f} | {before} | {after_kill} | {len(leftovers)} | "
-              f"{', '.join(corrupt) or 0} | {resumed_from} | {reached}/{max_steps} | "
-              f"{'yes' if ok else 'NO'} |", flush=True)
+        print(
+            f"| {trial} | {killed_after:.1f} | {before} | {after_kill} | {len(leftovers)} | "
+            f"{', '.join(corrupt) or 0} | {resumed_from} | {reached}/{max_steps} | "
+            f"{'yes' if ok else 'NO'} |",
+            flush=True,
+        )
         if not resumed:
             print(resume.stderr[-2000:])
     kills = arguments.kills
-    print(f"\n{totals['resumed']}/{kills} successful resumes, {totals['corrupt']} corrupt "
-          f"checkpoints, {totals['reached']}/{kills} resumed runs reached --max-steps; "
-          f"{totals['mid_save']} kills left a save half-written (invisible to the next run)")
-    return 0 if totals["resumed"] == kills and not totals["corrupt"] and totals["reached"] == kills else 1
+    print(
+        f"\n{totals['resumed']}/{kills} successful resumes, {totals['corrupt']} corrupt "
+        f"checkpoints, {totals['reached']}/{kills} resumed runs reached --max-steps; "
+        f"{totals['mid_save']} kills left a save half-written (invisible to the next run)"
+    )
+    return (
+        0
+        if totals["resumed"] == kills and not totals["corrupt"] and totals["reached"] == kills
+        else 1
+    )
 
 
 if __name__ == "__main__":

@@ -33,18 +33,29 @@ QUALITY_TOOL = os.path.join(REPOSITORY, "..", "shared", "tools", "quality.py")
 def parse_arguments():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipes", default="classic,default")
-    parser.add_argument("--cpu-minutes", type=float, default=64.0,
-                        help="CPU time each recipe trains for (2 cores: about half as many wall minutes)")
+    parser.add_argument(
+        "--cpu-minutes",
+        type=float,
+        default=64.0,
+        help="CPU time each recipe trains for (2 cores: about half as many wall minutes)",
+    )
     parser.add_argument("--num", type=int, default=1000, help="samples per evaluation")
-    parser.add_argument("--sampling-steps", default="10,25,50",
-                        help="sampling steps to evaluate for recipes that choose them")
+    parser.add_argument(
+        "--sampling-steps",
+        default="10,25,50",
+        help="sampling steps to evaluate for recipes that choose them",
+    )
     parser.add_argument("--data", default=DEFAULT_DATA)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", default=os.path.join(REPOSITORY, "runs", "quality"))
-    parser.add_argument("--quality-python", default=os.environ.get("QUALITY_PYTHON"),
-                        help="Python of the venv where ../shared/tools/quality.py's needs are installed")
-    parser.add_argument("--skip-training", action="store_true",
-                        help="evaluate the runs already in --out-dir")
+    parser.add_argument(
+        "--quality-python",
+        default=os.environ.get("QUALITY_PYTHON"),
+        help="Python of the venv where ../shared/tools/quality.py's needs are installed",
+    )
+    parser.add_argument(
+        "--skip-training", action="store_true", help="evaluate the runs already in --out-dir"
+    )
     return parser.parse_args()
 
 
@@ -64,9 +75,21 @@ def machine():
 def train(recipe, weights_dir, arguments, log):
     """Run train.py until it has used the CPU budget; return (steps, wall seconds, command)."""
     command = [
-        sys.executable, "train.py", "--recipe", recipe, "--data", arguments.data,
-        "--weights-dir", weights_dir, "--seed", str(arguments.seed), "--max-steps", "10000000",
-        "--save-every-minutes", "10", "--quiet",
+        sys.executable,
+        "train.py",
+        "--recipe",
+        recipe,
+        "--data",
+        arguments.data,
+        "--weights-dir",
+        weights_dir,
+        "--seed",
+        str(arguments.seed),
+        "--max-steps",
+        "10000000",
+        "--save-every-minutes",
+        "10",
+        "--quiet",
     ]
     budget = arguments.cpu_minutes * 60
     start = time.monotonic()
@@ -85,14 +108,29 @@ def train(recipe, weights_dir, arguments, log):
         latest = file.readline().split('"')[1]
     steps = int(latest.rsplit("-", 1)[1])
     shown = " ".join(shlex.quote(part) for part in command)
-    return steps, wall, f"{shown}  # stopped with SIGINT after {arguments.cpu_minutes:g} CPU-minutes"
+    return (
+        steps,
+        wall,
+        f"{shown}  # stopped with SIGINT after {arguments.cpu_minutes:g} CPU-minutes",
+    )
 
 
 def sample(weights_dir, out_prefix, arguments, sampling_steps, log):
     command = [
-        sys.executable, "predict.py", "--weights-dir", weights_dir, "--num", str(arguments.num),
-        "--npz", out_prefix + ".npz", "--out", out_prefix + ".png", "--grid", "8x8",
-        "--seed", str(arguments.seed),
+        sys.executable,
+        "predict.py",
+        "--weights-dir",
+        weights_dir,
+        "--num",
+        str(arguments.num),
+        "--npz",
+        out_prefix + ".npz",
+        "--out",
+        out_prefix + ".png",
+        "--grid",
+        "8x8",
+        "--seed",
+        str(arguments.seed),
     ]
     if sampling_steps:
         command += ["--sampling-steps", str(sampling_steps)]
@@ -106,8 +144,16 @@ def score(npz, arguments, log):
     if not arguments.quality_python:
         return {}
     report = npz[:-4] + "-quality.json"
-    command = [arguments.quality_python, QUALITY_TOOL, npz, "--metrics", "fid,kid", "--json", report,
-               "--quiet"]
+    command = [
+        arguments.quality_python,
+        QUALITY_TOOL,
+        npz,
+        "--metrics",
+        "fid,kid",
+        "--json",
+        report,
+        "--quiet",
+    ]
     with open(log, "a") as output:
         subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, check=True)
     with open(report) as file:
@@ -142,22 +188,28 @@ def main():
         if config["prediction"] != "next":
             choices = [int(value) for value in arguments.sampling_steps.split(",")]
         for sampling_steps in choices:
-            prefix = os.path.join(arguments.out_dir, f"{recipe}-samples-{sampling_steps or config['timesteps']}")
-            sample_seconds, sample_command = sample(weights_dir, prefix, arguments, sampling_steps, log)
+            prefix = os.path.join(
+                arguments.out_dir, f"{recipe}-samples-{sampling_steps or config['timesteps']}"
+            )
+            sample_seconds, sample_command = sample(
+                weights_dir, prefix, arguments, sampling_steps, log
+            )
             results = score(prefix + ".npz", arguments, log)
-            rows.append({
-                "recipe": recipe,
-                "width": config["width"],
-                "batch": config["batch_size"],
-                "steps": steps,
-                "train_seconds": wall,
-                "sampling_steps": sampling_steps or config["timesteps"],
-                "sample_seconds": sample_seconds,
-                "fid": number(results, "fid"),
-                "kid": number(results, "kid_mean"),
-                "train_command": train_command,
-                "sample_command": sample_command,
-            })
+            rows.append(
+                {
+                    "recipe": recipe,
+                    "width": config["width"],
+                    "batch": config["batch_size"],
+                    "steps": steps,
+                    "train_seconds": wall,
+                    "sampling_steps": sampling_steps or config["timesteps"],
+                    "sample_seconds": sample_seconds,
+                    "fid": number(results, "fid"),
+                    "kid": number(results, "kid_mean"),
+                    "train_command": train_command,
+                    "sample_command": sample_command,
+                }
+            )
             print_table(rows, arguments)
     with open(os.path.join(arguments.out_dir, "results.json"), "w") as file:
         json.dump({"machine": machine(), "rows": rows}, file, indent=2)
@@ -167,22 +219,31 @@ def print_table(rows, arguments):
     def show(value, pattern):
         return "" if value is None else pattern.format(value)
 
-    print(f"\nbench/quality.py, {machine()}; {arguments.num} samples vs the "
-          f"5000 training automobiles; budget {arguments.cpu_minutes:g} CPU-minutes per recipe")
-    print("| recipe | width | batch | steps | images seen | train wall s | sampling steps | "
-          f"sample {arguments.num} s | FID | KID x1e3 |")
+    print(
+        f"\nbench/quality.py, {machine()}; {arguments.num} samples vs the "
+        f"5000 training automobiles; budget {arguments.cpu_minutes:g} CPU-minutes per recipe"
+    )
+    print(
+        "| recipe | width | batch | steps | images seen | train wall s | sampling steps | "
+        f"sample {arguments.num} s | FID | KID x1e3 |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         seen = row["steps"] * row["batch"] if row["steps"] is not None else None
         kid = row["kid"] * 1e3 if row["kid"] is not None else None
-        print(f"| {row['recipe']} | {row['width']} | {row['batch']} | {show(row['steps'], '{}')} | "
-              f"{show(seen, '{:,}')} | {show(row['train_seconds'], '{:.0f}')} | {row['sampling_steps']} | "
-              f"{row['sample_seconds']:.1f} | {show(row['fid'], '{:.1f}')} | {show(kid, '{:.1f}')} |")
+        print(
+            f"| {row['recipe']} | {row['width']} | {row['batch']} | {show(row['steps'], '{}')} | "
+            f"{show(seen, '{:,}')} | {show(row['train_seconds'], '{:.0f}')} | "
+            f"{row['sampling_steps']} | "
+            f"{row['sample_seconds']:.1f} | {show(row['fid'], '{:.1f}')} | {show(kid, '{:.1f}')} |"
+        )
     classic = [row for row in rows if row["recipe"] == "classic" and row["fid"]]
     for row in rows:
         if classic and row["recipe"] != "classic" and row["fid"]:
-            print(f"{row['recipe']} at {row['sampling_steps']} steps: FID ratio to classic "
-                  f"{row['fid'] / classic[0]['fid']:.2f}")
+            print(
+                f"{row['recipe']} at {row['sampling_steps']} steps: FID ratio to classic "
+                f"{row['fid'] / classic[0]['fid']:.2f}"
+            )
     print("commands:")
     for row in rows:
         print(f"  {row['train_command']}\n  {row['sample_command']}")

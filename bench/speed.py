@@ -35,8 +35,11 @@ def parse_arguments():
     parser.add_argument("--sample-num", type=int, default=1000)
     parser.add_argument("--mixed-precision", action="store_true")
     parser.add_argument("--xla", action="store_true")
-    parser.add_argument("--cpu-options", action="store_true",
-                        help="also time the project's step under other CPU settings, each in its own process")
+    parser.add_argument(
+        "--cpu-options",
+        action="store_true",
+        help="also time the project's step under other CPU settings, each in its own process",
+    )
     parser.add_argument("--only-project-training", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--intra-op", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--inter-op", type=int, help=argparse.SUPPRESS)
@@ -47,13 +50,19 @@ def machine(tf):
     cpu = platform.processor() or "CPU"
     try:
         with open("/proc/cpuinfo") as file:
-            cpu = next(line.split(":", 1)[1].strip() for line in file if line.startswith("model name"))
+            cpu = next(
+                line.split(":", 1)[1].strip() for line in file if line.startswith("model name")
+            )
     except (OSError, StopIteration):
         pass
-    gpus = [tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
-            for gpu in tf.config.list_physical_devices("GPU")]
-    return (f"{cpu}, {os.cpu_count()} cores, GPU: {', '.join(gpus) or 'none'}, "
-            f"TensorFlow {tf.__version__}, Python {platform.python_version()}")
+    gpus = [
+        tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
+        for gpu in tf.config.list_physical_devices("GPU")
+    ]
+    return (
+        f"{cpu}, {os.cpu_count()} cores, GPU: {', '.join(gpus) or 'none'}, "
+        f"TensorFlow {tf.__version__}, Python {platform.python_version()}"
+    )
 
 
 def forward_flops(model):
@@ -99,7 +108,9 @@ def reference_side(config, images, arguments, np, keras):
     from tf_diffusion.model import make_model
 
     model = make_model(config)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=8e-4), loss=keras.losses.MeanAbsoluteError())
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=8e-4), loss=keras.losses.MeanAbsoluteError()
+    )
     time_bar = 1 - np.linspace(0, 1.0, config.timesteps + 1)
     random = np.random.default_rng(0)
 
@@ -155,8 +166,13 @@ def main():
     from tf_diffusion.config import Config
 
     images = np.random.default_rng(0).integers(0, 255, (1000, 32, 32, 3), dtype=np.uint8)
-    config = Config.for_recipe("classic", width=arguments.width, batch_size=arguments.batch_size,
-                               mixed_precision=arguments.mixed_precision, xla=arguments.xla)
+    config = Config.for_recipe(
+        "classic",
+        width=arguments.width,
+        batch_size=arguments.batch_size,
+        mixed_precision=arguments.mixed_precision,
+        xla=arguments.xla,
+    )
     if arguments.only_project_training:
         _, train_once, _ = project_side(config, images, arguments, tf)
         seconds = timed(train_once, arguments.steps)
@@ -165,7 +181,9 @@ def main():
 
     reference_config = config.replace(mixed_precision=False, xla=False)
     peak = matmul_peak(tf)
-    model, reference_train, reference_sample = reference_side(reference_config, images / 127.5 - 1, arguments, np, keras)
+    model, reference_train, reference_sample = reference_side(
+        reference_config, images / 127.5 - 1, arguments, np, keras
+    )
     flops = forward_flops(model)
     _, project_train, project_sample = project_side(config, images, arguments, tf)
 
@@ -177,26 +195,45 @@ def main():
         rows.append((name, work / reference_seconds, work / project_seconds, unit))
 
     measure("training", reference_train, project_train, arguments.batch_size, "img/s")
-    measure("sample 8 (predict_step)", lambda: reference_sample(8), lambda: project_sample(8), 8, "img/s")
-    measure(f"sample {arguments.sample_num}", lambda: reference_sample(arguments.sample_num),
-            lambda: project_sample(arguments.sample_num), arguments.sample_num, "img/s")
+    measure(
+        "sample 8 (predict_step)",
+        lambda: reference_sample(8),
+        lambda: project_sample(8),
+        8,
+        "img/s",
+    )
+    measure(
+        f"sample {arguments.sample_num}",
+        lambda: reference_sample(arguments.sample_num),
+        lambda: project_sample(arguments.sample_num),
+        arguments.sample_num,
+        "img/s",
+    )
 
     training_flops = 3 * flops
     print(f"bench/speed.py  {' '.join(sys.argv[1:])}")
     print(f"machine: {machine(tf)}")
-    print(f"model: classic U-Net, width {arguments.width}, {model.count_params():,} parameters, "
-          f"{flops / 1e9:.2f} GFLOP forward per image, {training_flops / 1e9:.2f} GFLOP per "
-          f"training image; batch {arguments.batch_size}; project side: mixed precision "
-          f"{arguments.mixed_precision}, XLA {arguments.xla}")
+    print(
+        f"model: classic U-Net, width {arguments.width}, {model.count_params():,} parameters, "
+        f"{flops / 1e9:.2f} GFLOP forward per image, {training_flops / 1e9:.2f} GFLOP per "
+        f"training image; batch {arguments.batch_size}; project side: mixed precision "
+        f"{arguments.mixed_precision}, XLA {arguments.xla}"
+    )
     print(f"tf.matmul 4096x4096 float32 peak: {peak:.0f} GFLOP/s")
     print("| measure | reference (classic loop) | tf_diffusion | ratio |")
     print("|---|---|---|---|")
     for name, reference, project, unit in rows:
-        print(f"| {name} | {reference:.1f} {unit} | {project:.1f} {unit} | {project / reference:.2f}x |")
+        print(
+            f"| {name} | {reference:.1f} {unit} | {project:.1f} {unit} | "
+            f"{project / reference:.2f}x |"
+        )
     reference_gflops = rows[0][1] * training_flops / 1e9
     project_gflops = rows[0][2] * training_flops / 1e9
-    print(f"| training GFLOP/s | {reference_gflops:.0f} ({100 * reference_gflops / peak:.0f}% of matmul peak) "
-          f"| {project_gflops:.0f} ({100 * project_gflops / peak:.0f}% of matmul peak) | |")
+    print(
+        f"| training GFLOP/s | {reference_gflops:.0f} "
+        f"({100 * reference_gflops / peak:.0f}% of matmul peak) "
+        f"| {project_gflops:.0f} ({100 * project_gflops / peak:.0f}% of matmul peak) | |"
+    )
 
     if arguments.cpu_options:
         print("\nThe project's training step under other settings, each in a fresh process:")
@@ -210,10 +247,21 @@ def main():
             ("XLA (jit_compile)", {}, ["--xla"]),
         ]
         for name, environment, flags in variants:
-            command = [sys.executable, __file__, "--only-project-training", "--width", str(arguments.width),
-                       "--batch-size", str(arguments.batch_size), "--steps", str(arguments.steps), *flags]
-            result = subprocess.run(command, capture_output=True, text=True,
-                                    env=dict(os.environ, **environment))
+            command = [
+                sys.executable,
+                __file__,
+                "--only-project-training",
+                "--width",
+                str(arguments.width),
+                "--batch-size",
+                str(arguments.batch_size),
+                "--steps",
+                str(arguments.steps),
+                *flags,
+            ]
+            result = subprocess.run(
+                command, capture_output=True, text=True, env=dict(os.environ, **environment)
+            )
             try:
                 speed = json.loads(result.stdout.strip().splitlines()[-1])["images_per_second"]
                 print(f"| {name} | {speed:.1f} |", flush=True)

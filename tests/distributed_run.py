@@ -1,6 +1,6 @@
 """Run by test_distribute.py in its own process: TensorFlow's devices are set before it starts.
 
-    python tests/distributed_run.py mirrored   # prints JSON: single device vs 2 replicas
+python tests/distributed_run.py mirrored   # prints JSON: single device vs 2 replicas
 """
 
 import json
@@ -29,8 +29,9 @@ def train_steps(strategy, steps=3):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from conftest import synthetic_images
 
-    config = Config.for_recipe("default", width=8, batch_size=8, timesteps=20, sampling_steps=4,
-                               learning_rate=3e-3)
+    config = Config.for_recipe(
+        "default", width=8, batch_size=8, timesteps=20, sampling_steps=4, learning_rate=3e-3
+    )
     trainer = Trainer(config, strategy)
     dataset = make_dataset(synthetic_images(32), config.batch_size, config.timesteps, config.seed)
     if strategy.num_replicas_in_sync > 1:
@@ -49,13 +50,17 @@ def compare_mirrored():
     weight_difference = max(float(np.abs(a - b).max()) for a, b in zip(single[1], mirrored[1]))
     average_difference = max(float(np.abs(a - b).max()) for a, b in zip(single[2], mirrored[2]))
     moved = max(float(np.abs(a).max()) for a in single[1])
-    print(json.dumps({
-        "replicas": [single[3], mirrored[3]],
-        "losses": [single[0], mirrored[0]],
-        "weight_difference": weight_difference,
-        "ema_difference": average_difference,
-        "largest_weight": moved,
-    }))
+    print(
+        json.dumps(
+            {
+                "replicas": [single[3], mirrored[3]],
+                "losses": [single[0], mirrored[0]],
+                "weight_difference": weight_difference,
+                "ema_difference": average_difference,
+                "largest_weight": moved,
+            }
+        )
+    )
 
 
 def portable(weights_dir, data):
@@ -66,8 +71,14 @@ def portable(weights_dir, data):
     settings = {"width": 8, "batch_size": 8, "timesteps": 20, "sampling_steps": 4, "data": data}
     reached = []
     for distribute, max_steps in (("mirrored", 2), ("none", 3), ("mirrored", 4)):
-        reached.append(commands.train(weights_dir, None, dict(settings, distribute=distribute,
-                                                             max_steps=max_steps), quiet=True))
+        reached.append(
+            commands.train(
+                weights_dir,
+                None,
+                dict(settings, distribute=distribute, max_steps=max_steps),
+                quiet=True,
+            )
+        )
     print(json.dumps({"reached": reached}))
 
 

@@ -7,19 +7,13 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import REPOSITORY
 
 from tf_diffusion import commands
 from tf_diffusion.checkpoint import CheckpointStore, check_writable, resolve_config
 from tf_diffusion.config import Config, UsageError
 
-from conftest import REPOSITORY
-
 TINY = {"width": 8, "batch_size": 4, "timesteps": 20, "sampling_steps": 4, "save_every": 1000}
-
-
-@pytest.fixture(autouse=True)
-def deterministic_ops():
-    tf.config.experimental.enable_op_determinism()
 
 
 def train(weights_dir, npz_path, max_steps, **settings):
@@ -49,9 +43,16 @@ def assert_same_tensors(first, second):
 def run_train(weights_dir, npz_path, max_steps, *extra):
     """train.py in a fresh process, as a real restart; deterministic ops, as in the issue."""
     flags = [f"--{key.replace('_', '-')}={value}" for key, value in TINY.items()]
-    command = [sys.executable, os.path.join(REPOSITORY, "train.py"), *flags, "--quiet",
-               f"--data={npz_path}", f"--weights-dir={weights_dir}", f"--max-steps={max_steps}",
-               *extra]
+    command = [
+        sys.executable,
+        os.path.join(REPOSITORY, "train.py"),
+        *flags,
+        "--quiet",
+        f"--data={npz_path}",
+        f"--weights-dir={weights_dir}",
+        f"--max-steps={max_steps}",
+        *extra,
+    ]
     environment = dict(os.environ, TF_DETERMINISTIC_OPS="1", TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -93,7 +94,9 @@ def test_resume_keeps_saved_settings_and_rejects_changed_ones(tmp_path, npz_path
 def test_fresh_moves_the_old_run_aside(tmp_path, npz_path):
     train(tmp_path / "run", npz_path, 1)
     before = sorted(os.listdir(tmp_path / "run"))
-    config, resumed, moved_to = resolve_config(str(tmp_path / "run"), overrides={"width": 16}, fresh=True)
+    config, resumed, moved_to = resolve_config(
+        str(tmp_path / "run"), overrides={"width": 16}, fresh=True
+    )
     assert not resumed and config.width == 16
     assert sorted(os.listdir(moved_to)) == before
     assert not os.path.exists(tmp_path / "run")
@@ -103,7 +106,10 @@ def test_unreadable_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, n
     run = tmp_path / "run"
     train(run, npz_path, 2, save_every=1)
     state = tf.train.get_checkpoint_state(str(run))
-    assert [os.path.basename(path) for path in state.all_model_checkpoint_paths] == ["ckpt-1", "ckpt-2"]
+    assert [os.path.basename(path) for path in state.all_model_checkpoint_paths] == [
+        "ckpt-1",
+        "ckpt-2",
+    ]
     data_file = next(name for name in os.listdir(run) if name.startswith("ckpt-2.data"))
     with open(run / data_file, "r+b") as file:  # a save cut short by a lost Drive mount
         file.truncate(100)
@@ -127,13 +133,17 @@ def test_a_half_written_save_is_invisible(tmp_path, npz_path):
 def test_failed_save_keeps_the_last_good_checkpoint(tmp_path, npz_path, monkeypatch):
     run = tmp_path / "run"
     train(run, npz_path, 2)
-    before = {name: (run / name).read_bytes() for name in os.listdir(run) if name.startswith("ckpt")}
+    before = {
+        name: (run / name).read_bytes() for name in os.listdir(run) if name.startswith("ckpt")
+    }
 
     def disk_full(self, *arguments, **keywords):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(tf.train.CheckpointManager, "save", disk_full)
-    with pytest.raises(UsageError, match=r"saving step 3 failed \(No space left on device\).*ckpt-2"):
+    with pytest.raises(
+        UsageError, match=r"saving step 3 failed \(No space left on device\).*ckpt-2"
+    ):
         train(run, npz_path, 3)
     after = {name: (run / name).read_bytes() for name in os.listdir(run) if name.startswith("ckpt")}
     assert after == before

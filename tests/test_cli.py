@@ -5,10 +5,8 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
-from PIL import Image
-
 from conftest import REPOSITORY
+from PIL import Image
 
 TINY = ["--width", "8", "--batch-size", "4", "--timesteps", "20", "--sampling-steps", "5"]
 
@@ -17,7 +15,11 @@ def run(script, *arguments, cwd=None):
     environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     return subprocess.run(
         [sys.executable, os.path.join(REPOSITORY, script), *map(str, arguments)],
-        capture_output=True, text=True, env=environment, timeout=300, cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=300,
+        cwd=cwd,
     )
 
 
@@ -33,21 +35,55 @@ def assert_usage_error(result, *fragments):
 
 def test_train_resume_and_predict(tmp_path, npz_path):
     weights = tmp_path / "W"
-    first = run("train.py", "--label", "1", "--data", npz_path, "--weights-dir", weights, *TINY,
-                "--max-steps", "4")
+    first = run(
+        "train.py",
+        "--label",
+        "1",
+        "--data",
+        npz_path,
+        "--weights-dir",
+        weights,
+        *TINY,
+        "--max-steps",
+        "4",
+    )
     assert first.returncode == 0, first.stderr
     assert "Starting a new 'default' run" in first.stdout and "step 4/4" in first.stdout
     assert (weights / "config.json").exists() and (weights / "ckpt-4.index").exists()
     assert (weights / "samples-step-0000004.png").exists()
 
-    again = run("train.py", "--label", "automobile", "--data", npz_path, "--weights-dir", weights,
-                *TINY, "--max-steps", "6")
+    again = run(
+        "train.py",
+        "--label",
+        "automobile",
+        "--data",
+        npz_path,
+        "--weights-dir",
+        weights,
+        *TINY,
+        "--max-steps",
+        "6",
+    )
     assert again.returncode == 0, again.stderr
     assert "Resuming from step 4" in again.stdout and "step 6/6" in again.stdout
 
     out = tmp_path / "out"
-    result = run("predict.py", "--weights-dir", weights, "--num", "16", "--npz", out / "s.npz",
-                 "--out", out / "grid.png", "--steps", "--gif", out / "d.gif", "--grid", "2x8")
+    result = run(
+        "predict.py",
+        "--weights-dir",
+        weights,
+        "--num",
+        "16",
+        "--npz",
+        out / "s.npz",
+        "--out",
+        out / "grid.png",
+        "--steps",
+        "--gif",
+        out / "d.gif",
+        "--grid",
+        "2x8",
+    )
     assert result.returncode == 0, result.stderr
     with np.load(out / "s.npz") as archive:
         assert archive["x"].shape == (16, 32, 32, 3) and archive["x"].dtype == np.uint8
@@ -62,38 +98,56 @@ def test_label_names_are_case_insensitive_and_unknown_ones_list_the_choices(tmp_
     result = run("train.py", "--label", "zebra")
     assert_usage_error(result, "--label 'zebra'", "airplane, automobile, bird", "truck")
     assert_usage_error(run("train.py", "--label", "12"), "--label '12'")
-    good = run("train.py", "--label", "AutoMobile", "--data", npz_path, "--weights-dir",
-               tmp_path / "W", *TINY, "--max-steps", "1")
+    good = run(
+        "train.py",
+        "--label",
+        "AutoMobile",
+        "--data",
+        npz_path,
+        "--weights-dir",
+        tmp_path / "W",
+        *TINY,
+        "--max-steps",
+        "1",
+    )
     assert good.returncode == 0, good.stderr
     assert "class 1 (automobile)" in good.stdout
 
 
 def test_bad_data_is_reported_before_anything_is_written(tmp_path):
     weights = tmp_path / "W"
-    assert_usage_error(run("train.py", "--data", tmp_path / "missing.npz", "--weights-dir", weights),
-                       "--data", "missing.npz", "no such file")
+    assert_usage_error(
+        run("train.py", "--data", tmp_path / "missing.npz", "--weights-dir", weights),
+        "--data",
+        "missing.npz",
+        "no such file",
+    )
     gray = tmp_path / "gray.npz"
     np.savez(gray, x=np.zeros((10, 32, 32), np.uint8))
     assert_usage_error(run("train.py", "--data", gray, "--weights-dir", weights), "grayscale")
     few = tmp_path / "few.npz"
     np.savez(few, x=np.zeros((3, 32, 32, 3), np.uint8))
-    assert_usage_error(run("train.py", "--data", few, "--weights-dir", weights, "--batch-size", "4"),
-                       "--batch-size 4 is more than the 3")
+    assert_usage_error(
+        run("train.py", "--data", few, "--weights-dir", weights, "--batch-size", "4"),
+        "--batch-size 4 is more than the 3",
+    )
     assert not weights.exists()
 
 
 def test_weights_dir_that_cannot_be_written(tmp_path, npz_path):
     blocker = tmp_path / "file"
     blocker.write_text("a file where a folder should be")
-    result = run("train.py", "--data", npz_path, "--weights-dir", blocker / "run", *TINY,
-                 "--max-steps", "1")
+    result = run(
+        "train.py", "--data", npz_path, "--weights-dir", blocker / "run", *TINY, "--max-steps", "1"
+    )
     assert_usage_error(result, "--weights-dir", "cannot be written")
     assert blocker.read_text() == "a file where a folder should be"
 
 
 def test_predict_without_a_checkpoint(tmp_path):
     (tmp_path / "empty").mkdir()
-    assert_usage_error(run("predict.py", "--weights-dir", tmp_path / "empty"),
-                       "has no checkpoint", "train.py")
+    assert_usage_error(
+        run("predict.py", "--weights-dir", tmp_path / "empty"), "has no checkpoint", "train.py"
+    )
     assert_usage_error(run("predict.py", "--weights-dir", tmp_path / "nowhere"), "no such folder")
     assert_usage_error(run("predict.py", "--grid", "4by4"), "--grid")

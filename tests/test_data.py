@@ -2,12 +2,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from conftest import synthetic_images
 from PIL import Image
 
 from tf_diffusion.config import UsageError
 from tf_diffusion.data import load_images, load_tfds_images, make_dataset
-
-from conftest import synthetic_images
 
 
 def test_npz_with_key_x(npz_path, images):
@@ -104,7 +103,10 @@ def test_pipeline_batches_scaled_images_with_levels_and_noise():
 
 def test_pipeline_is_reproducible_and_repeats():
     def first_batches(seed, count=5):  # 5 batches of 8 from 24 images: past one epoch
-        return [batch[0].numpy() for batch in make_dataset(synthetic_images(24), 8, 16, seed).take(count)]
+        return [
+            batch[0].numpy()
+            for batch in make_dataset(synthetic_images(24), 8, 16, seed).take(count)
+        ]
 
     same, again, other = first_batches(0), first_batches(0), first_batches(1)
     for left, right in zip(same, again):

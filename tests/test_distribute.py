@@ -7,8 +7,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
-
 from conftest import REPOSITORY
 
 HELPER = os.path.join(REPOSITORY, "tests", "distributed_run.py")
@@ -16,8 +14,13 @@ ENVIRONMENT = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
 
 def run_helper(*arguments):
-    result = subprocess.run([sys.executable, HELPER, *map(str, arguments)], capture_output=True,
-                            text=True, env=ENVIRONMENT, timeout=300)
+    result = subprocess.run(
+        [sys.executable, HELPER, *map(str, arguments)],
+        capture_output=True,
+        text=True,
+        env=ENVIRONMENT,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout, json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -37,9 +40,22 @@ def test_checkpoints_move_between_two_replicas_and_one(tmp_path, npz_path):
     assert report["reached"] == [2, 3, 4]
     assert "Resuming from step 2" in output and "Resuming from step 3" in output
     result = subprocess.run(
-        [sys.executable, os.path.join(REPOSITORY, "predict.py"), "--weights-dir", tmp_path / "run",
-         "--num", "4", "--npz", tmp_path / "s.npz", "--out", tmp_path / "s.png"],
-        capture_output=True, text=True, env=ENVIRONMENT, timeout=300,
+        [
+            sys.executable,
+            os.path.join(REPOSITORY, "predict.py"),
+            "--weights-dir",
+            tmp_path / "run",
+            "--num",
+            "4",
+            "--npz",
+            tmp_path / "s.npz",
+            "--out",
+            tmp_path / "s.png",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENVIRONMENT,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert np.load(tmp_path / "s.npz")["x"].shape == (4, 32, 32, 3)
@@ -57,18 +73,40 @@ def free_ports(count):
 
 def test_two_workers_on_loopback_train_and_predict_loads_the_result(tmp_path, npz_path):
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
-    command = [sys.executable, os.path.join(REPOSITORY, "train.py"), "--distribute", "multi-worker",
-               "--data", npz_path, "--weights-dir", tmp_path / "run", "--width", "8",
-               "--batch-size", "8", "--timesteps", "20", "--sampling-steps", "4",
-               "--max-steps", "3", "--quiet"]
+    command = [
+        sys.executable,
+        os.path.join(REPOSITORY, "train.py"),
+        "--distribute",
+        "multi-worker",
+        "--data",
+        npz_path,
+        "--weights-dir",
+        tmp_path / "run",
+        "--width",
+        "8",
+        "--batch-size",
+        "8",
+        "--timesteps",
+        "20",
+        "--sampling-steps",
+        "4",
+        "--max-steps",
+        "3",
+        "--quiet",
+    ]
     processes = []
     try:
         for index in range(2):
             config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-            processes.append(subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                env=dict(ENVIRONMENT, TF_CONFIG=json.dumps(config)),
-            ))
+            processes.append(
+                subprocess.Popen(
+                    command,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env=dict(ENVIRONMENT, TF_CONFIG=json.dumps(config)),
+                )
+            )
         outputs = [process.communicate(timeout=240) for process in processes]
     finally:
         for process in processes:
@@ -80,9 +118,22 @@ def test_two_workers_on_loopback_train_and_predict_loads_the_result(tmp_path, np
     assert outputs[1][0] == ""  # only the chief speaks and writes
     assert (tmp_path / "run" / "ckpt-3.index").exists()
     result = subprocess.run(
-        [sys.executable, os.path.join(REPOSITORY, "predict.py"), "--weights-dir", tmp_path / "run",
-         "--num", "4", "--npz", tmp_path / "s.npz", "--out", tmp_path / "s.png"],
-        capture_output=True, text=True, env=ENVIRONMENT, timeout=300,
+        [
+            sys.executable,
+            os.path.join(REPOSITORY, "predict.py"),
+            "--weights-dir",
+            tmp_path / "run",
+            "--num",
+            "4",
+            "--npz",
+            tmp_path / "s.npz",
+            "--out",
+            tmp_path / "s.png",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENVIRONMENT,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert np.load(tmp_path / "s.npz")["x"].shape == (4, 32, 32, 3)

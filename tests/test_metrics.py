@@ -30,8 +30,9 @@ def test_kid_is_unbiased_near_zero_for_the_same_distribution_and_grows_with_a_sh
     first, second = gaussian_features(300), gaussian_features(300, seed=1)
     same_mean, same_std = kernel_inception_distance(first, second, subsets=20, subset_size=100)
     assert abs(same_mean) < 3 * same_std + 1e-3
-    shifted, _ = kernel_inception_distance(first, gaussian_features(300, shift=1.0, seed=1),
-                                           subsets=20, subset_size=100)
+    shifted, _ = kernel_inception_distance(
+        first, gaussian_features(300, shift=1.0, seed=1), subsets=20, subset_size=100
+    )
     assert shifted > 10 * max(abs(same_mean), 1e-3)
 
 
@@ -46,8 +47,14 @@ def test_inception_features_of_small_images_with_random_weights():
 def test_predict_evaluate_prints_fid_and_kid(tmp_path, npz_path, capsys):
     from tf_diffusion import commands
 
-    settings = {"width": 8, "batch_size": 4, "timesteps": 20, "sampling_steps": 4,
-                "data": npz_path, "max_steps": 1}
+    settings = {
+        "width": 8,
+        "batch_size": 4,
+        "timesteps": 20,
+        "sampling_steps": 4,
+        "data": npz_path,
+        "max_steps": 1,
+    }
     commands.train(str(tmp_path / "run"), None, settings, quiet=True)
     commands.predict(str(tmp_path / "run"), num=4, out=None, evaluate=True, inception_weights=None)
     output = capsys.readouterr().out

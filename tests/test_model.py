@@ -1,10 +1,9 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tiny_config
 
 from tf_diffusion import Config, make_model
-
-from conftest import tiny_config
 
 
 def classic_parameter_count(width=128):

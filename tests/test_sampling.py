@@ -1,10 +1,9 @@
 import numpy as np
 import pytest
+from conftest import tiny_config
 
 from tf_diffusion import UsageError, make_model, predict, predict_step
 from tf_diffusion.sampling import Sampler, sampling_levels
-
-from conftest import tiny_config
 
 
 @pytest.mark.parametrize("recipe", ["classic", "default"])

@@ -23,7 +23,7 @@ def test_forward_noise_mixes_the_same_noise_at_t_and_t_plus_one():
         a, b = time_bar[level], time_bar[level + 1]
         np.testing.assert_allclose(img_a[row], images[row] * (1 - a) + noise[row] * a, atol=1e-6)
         np.testing.assert_allclose(img_b[row], images[row] * (1 - b) + noise[row] * b, atol=1e-6)
-        # The same noise is in both: removing each one's image part leaves noise scaled by its level.
+        # The same noise is in both: without its image part, each is the noise times its level.
         if a > 0 and b > 0:
             np.testing.assert_allclose(
                 (img_a[row] - images[row] * (1 - a)) / a,
@@ -44,7 +44,9 @@ def test_forward_noise_endpoints():
 
 def test_forward_noise_draws_noise_when_none_given():
     images = tf.zeros((3, 32, 32, 3))
-    img_a, img_b = forward_noise(images, tf.constant([0, 1, 2]), schedule=NoiseSchedule("linear", 16))
+    img_a, img_b = forward_noise(
+        images, tf.constant([0, 1, 2]), schedule=NoiseSchedule("linear", 16)
+    )
     assert img_a.shape == (3, 32, 32, 3)
     assert float(tf.math.reduce_std(img_a)) > 0.5
     assert float(tf.reduce_mean(tf.abs(img_b))) < float(tf.reduce_mean(tf.abs(img_a)))

@@ -2,17 +2,22 @@ import glob
 import os
 
 import tensorflow as tf
+from conftest import tiny_config
 
 from tf_diffusion import commands
-
-from conftest import tiny_config
 
 
 def test_training_writes_scalars_and_sample_images_for_tensorboard(tmp_path, npz_path):
     settings = tiny_config("default").to_dict()
-    overrides = {key: settings[key] for key in ("width", "batch_size", "timesteps", "sampling_steps")}
-    commands.train(str(tmp_path / "run"), None,
-                   dict(overrides, data=npz_path, max_steps=4, round_steps=2), quiet=True)
+    overrides = {
+        key: settings[key] for key in ("width", "batch_size", "timesteps", "sampling_steps")
+    }
+    commands.train(
+        str(tmp_path / "run"),
+        None,
+        dict(overrides, data=npz_path, max_steps=4, round_steps=2),
+        quiet=True,
+    )
     event_files = glob.glob(os.path.join(tmp_path, "run", "logs", "events.out.tfevents.*"))
     assert event_files
     scalars, images = {}, {}

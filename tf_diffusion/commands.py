@@ -17,7 +17,14 @@ from tf_diffusion.checkpoint import (
 )
 from tf_diffusion.config import CIFAR10_CLASS_NAMES, UsageError
 from tf_diffusion.data import load_images, make_dataset
-from tf_diffusion.images import parse_grid, save_gif, save_grid, save_strip, temporary_path, to_uint8
+from tf_diffusion.images import (
+    parse_grid,
+    save_gif,
+    save_grid,
+    save_strip,
+    temporary_path,
+    to_uint8,
+)
 from tf_diffusion.sampling import Sampler
 from tf_diffusion.training import Progress, Trainer, fit, make_strategy
 
@@ -45,8 +52,10 @@ def train(weights_dir="checkpoints", recipe=None, overrides=None, fresh=False, q
     store = CheckpointStore(weights_dir, trainer.trackables(), config.keep_checkpoints)
     if resumed:
         path = store.restore(say=say)
-        say(f"Resuming from step {trainer.step} ({os.path.basename(path)}) in {weights_dir}",
-            flush=True)
+        say(
+            f"Resuming from step {trainer.step} ({os.path.basename(path)}) in {weights_dir}",
+            flush=True,
+        )
     else:
         say(
             f"Starting a new '{config.recipe}' run in {weights_dir}: class {config.label} "
@@ -57,18 +66,30 @@ def train(weights_dir="checkpoints", recipe=None, overrides=None, fresh=False, q
         )
     if not chief:
         store = CheckpointStore(save_dir, trainer.trackables(), config.keep_checkpoints)
-    dataset = make_dataset(images, config.batch_size, config.timesteps, config.seed,
-                           start_batch=int(trainer.batches_seen.numpy()))
+    dataset = make_dataset(
+        images,
+        config.batch_size,
+        config.timesteps,
+        config.seed,
+        start_batch=int(trainer.batches_seen.numpy()),
+    )
     if config.distribute != "none":
         dataset = strategy.experimental_distribute_dataset(dataset)
     iterator = iter(dataset)
     if trainer.step >= config.max_steps:
-        say(f"Already at step {trainer.step}, which reaches --max-steps {config.max_steps}; "
-            "raise --max-steps to train more", flush=True)
+        say(
+            f"Already at step {trainer.step}, which reaches --max-steps {config.max_steps}; "
+            "raise --max-steps to train more",
+            flush=True,
+        )
         return trainer.step
 
     writer = tf.summary.create_file_writer(os.path.join(save_dir, "logs"))
-    progress = Progress(trainer.step, config.max_steps, config.batch_size, quiet, writer) if chief else None
+    progress = (
+        Progress(trainer.step, config.max_steps, config.batch_size, quiet, writer)
+        if chief
+        else None
+    )
     saved_step = trainer.step
 
     def save(step):
@@ -83,8 +104,9 @@ def train(weights_dir="checkpoints", recipe=None, overrides=None, fresh=False, q
         path = os.path.join(weights_dir, f"samples-step-{step:07d}.png")
         save_grid(samples, path, title=f"{config.recipe} recipe, step {step}")
         with writer.as_default(step=step):
-            tf.summary.image("samples", (to_uint8(samples)[:16].astype(np.float32) / 255.0),
-                             max_outputs=16)
+            tf.summary.image(
+                "samples", (to_uint8(samples)[:16].astype(np.float32) / 255.0), max_outputs=16
+            )
         progress.message(f"step {step}: wrote {path}")
 
     try:
@@ -105,8 +127,11 @@ def train(weights_dir="checkpoints", recipe=None, overrides=None, fresh=False, q
         step = trainer.step
         if step > saved_step:
             save(step)
-        say(f"\nInterrupted: saved step {step} in {weights_dir}; run the same command "
-            "to resume", file=sys.stderr, flush=True)
+        say(
+            f"\nInterrupted: saved step {step} in {weights_dir}; run the same command to resume",
+            file=sys.stderr,
+            flush=True,
+        )
         raise
     if progress is not None:
         progress.close()
@@ -131,9 +156,20 @@ def is_chief(strategy):
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
-def predict(weights_dir="checkpoints", num=25, out="outputs/samples.png", npz=None,
-            steps=False, gif=None, grid=None, seed=0, sampling_steps=None, evaluate=False,
-            data=None, inception_weights="imagenet"):
+def predict(
+    weights_dir="checkpoints",
+    num=25,
+    out="outputs/samples.png",
+    npz=None,
+    steps=False,
+    gif=None,
+    grid=None,
+    seed=0,
+    sampling_steps=None,
+    evaluate=False,
+    data=None,
+    inception_weights="imagenet",
+):
     """Sample `num` images from the run in `weights_dir` and write the requested files.
 
     With `evaluate`, also print FID and KID against as many training images
@@ -162,16 +198,22 @@ def predict(weights_dir="checkpoints", num=25, out="outputs/samples.png", npz=No
         if gif:
             save_gif(frames, sampler.levels, gif)
             written.append(gif)
-    print(f"{num} samples from {weights_dir} ({config.recipe} recipe, {sampler.sampling_steps} "
-          f"steps): wrote {', '.join(written) or 'nothing'}", flush=True)
+    print(
+        f"{num} samples from {weights_dir} ({config.recipe} recipe, {sampler.sampling_steps} "
+        f"steps): wrote {', '.join(written) or 'nothing'}",
+        flush=True,
+    )
     if evaluate:
         from tf_diffusion.metrics import evaluate as measure
 
         chosen = np.random.default_rng(seed).permutation(len(real))[:num]
         scores = measure(to_uint8(images), real[chosen], inception_weights)
-        print(f"FID {scores['fid']:.2f}  KID {scores['kid']:.5f} +- {scores['kid_std']:.5f}  "
-              f"({scores['generated']} generated vs {scores['real']} training images, "
-              "Keras InceptionV3 features)", flush=True)
+        print(
+            f"FID {scores['fid']:.2f}  KID {scores['kid']:.5f} +- {scores['kid_std']:.5f}  "
+            f"({scores['generated']} generated vs {scores['real']} training images, "
+            "Keras InceptionV3 features)",
+            flush=True,
+        )
     return images
 
 
@@ -197,5 +239,7 @@ def save_npz(images, path):
         with open(temporary, "wb") as file:
             file.write(buffer.getvalue())
     except OSError as error:
-        raise UsageError(f"--npz {path} cannot be written ({error.strerror}); choose another path") from None
+        raise UsageError(
+            f"--npz {path} cannot be written ({error.strerror}); choose another path"
+        ) from None
     os.replace(temporary, path)

@@ -7,7 +7,6 @@ sampling and evaluation replay the training setup exactly.
 import dataclasses
 import json
 import os
-from typing import Optional
 
 CIFAR10_CLASS_NAMES = (
     "airplane",

@@ -93,9 +93,7 @@ def load_folder_images(folder):
     """Every image file in `folder` (not its subfolders), as RGB, resized to 32x32."""
     from PIL import Image, UnidentifiedImageError
 
-    names = sorted(
-        name for name in os.listdir(folder) if name.lower().endswith(IMAGE_EXTENSIONS)
-    )
+    names = sorted(name for name in os.listdir(folder) if name.lower().endswith(IMAGE_EXTENSIONS))
     if not names:
         raise UsageError(
             f"--data {folder}: the folder has no image files ({', '.join(IMAGE_EXTENSIONS)})"

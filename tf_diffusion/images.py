@@ -55,8 +55,13 @@ def save_grid(images, path, rows=None, columns=None, scale=4, title=None):
     sheet = tile(images, rows, columns)
     height, width = sheet.shape[:2]
     dots_per_inch = 100
-    figure = plt.figure(figsize=(width * scale / dots_per_inch, height * scale / dots_per_inch + (0.3 if title else 0)),
-                        dpi=dots_per_inch)
+    figure = plt.figure(
+        figsize=(
+            width * scale / dots_per_inch,
+            height * scale / dots_per_inch + (0.3 if title else 0),
+        ),
+        dpi=dots_per_inch,
+    )
     axes = figure.add_axes((0, 0, 1, height * scale / (height * scale + (30 if title else 0))))
     axes.imshow(sheet, interpolation="nearest")
     axes.axis("off")

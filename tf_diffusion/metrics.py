@@ -91,7 +91,7 @@ def kernel_inception_distance(features_a, features_b, subsets=100, subset_size=1
         kernel_aa = (a @ a.T / dimension + 1) ** 3
         kernel_bb = (b @ b.T / dimension + 1) ** 3
         kernel_ab = (a @ b.T / dimension + 1) ** 3
-        within = (kernel_aa.sum() - np.trace(kernel_aa) + kernel_bb.sum() - np.trace(kernel_bb))
+        within = kernel_aa.sum() - np.trace(kernel_aa) + kernel_bb.sum() - np.trace(kernel_bb)
         values.append(within / (size * (size - 1)) - 2 * kernel_ab.mean())
     return float(np.mean(values)), float(np.std(values))
 

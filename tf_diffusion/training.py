@@ -13,7 +13,6 @@ import sys
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from tf_diffusion.config import IMAGE_CHANNELS, IMAGE_SIZE, UsageError
@@ -114,8 +113,7 @@ class Trainer:
             # Used only when `train_one` is called without levels and noise.
             self.generator = tf.random.Generator.from_seed(config.seed)
             # The data pipeline's position: a resumed run starts it here.
-            self.batches_seen = tf.Variable(0, dtype=tf.int64, trainable=False,
-                                            name="batches_seen")
+            self.batches_seen = tf.Variable(0, dtype=tf.int64, trainable=False, name="batches_seen")
         self.train_one = tf.function(self._train_one, jit_compile=config.xla or None)
         self.train_steps = tf.function(self._train_steps, jit_compile=None)
 
@@ -210,8 +208,16 @@ class Progress:
     Also writes the scalars to TensorBoard when given a summary writer.
     """
 
-    def __init__(self, start_step, max_steps, batch_size, quiet=False, writer=None,
-                 line_seconds=10.0, stream=None):
+    def __init__(
+        self,
+        start_step,
+        max_steps,
+        batch_size,
+        quiet=False,
+        writer=None,
+        line_seconds=10.0,
+        stream=None,
+    ):
         self.stream = stream or sys.stdout
         self.start_step = start_step
         self.max_steps = max_steps
@@ -226,8 +232,13 @@ class Progress:
         elif self.stream.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=max_steps, initial=start_step, unit="step", file=self.stream,
-                            dynamic_ncols=True)
+            self.bar = tqdm(
+                total=max_steps,
+                initial=start_step,
+                unit="step",
+                file=self.stream,
+                dynamic_ncols=True,
+            )
 
     def update(self, step, loss, learning_rate):
         now = time.monotonic()
@@ -243,8 +254,12 @@ class Progress:
                 tf.summary.scalar("images_per_second", images_per_second)
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
-            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{learning_rate:.2e}",
-                                 img_s=f"{images_per_second:.1f}", refresh=False)
+            self.bar.set_postfix(
+                loss=f"{loss:.4f}",
+                lr=f"{learning_rate:.2e}",
+                img_s=f"{images_per_second:.1f}",
+                refresh=False,
+            )
             return
         final = step >= self.max_steps
         if final or now - self.last_line_time >= self.line_seconds:
@@ -277,8 +292,17 @@ def format_duration(seconds):
     return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
 
 
-def fit(trainer, iterator, max_steps, progress=None, on_save=None, on_round_end=None,
-        save_every=1000, save_every_minutes=10.0, steps_per_call=1):
+def fit(
+    trainer,
+    iterator,
+    max_steps,
+    progress=None,
+    on_save=None,
+    on_round_end=None,
+    save_every=1000,
+    save_every_minutes=10.0,
+    steps_per_call=1,
+):
     """Train until `max_steps`, calling `on_save(step)` and `on_round_end(step)` on time.
 
     Raises `TrainingDiverged`, without saving, when the loss stops being finite.
