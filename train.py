@@ -10,6 +10,7 @@ recipe's defaults for a new run); see README.md for every flag.
 
 import argparse
 import os
+import signal
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -71,8 +72,16 @@ def parse_arguments(argv=None):
     return parser.parse_args(argv)
 
 
+def stop_gracefully(signal_number, frame):
+    raise KeyboardInterrupt(f"signal {signal_number}")
+
+
 def main(argv=None):
     arguments = vars(parse_arguments(argv))
+    # Ctrl-C, and the SIGTERM that Colab, schedulers and `kill` send, both save
+    # before stopping; a background job inherits SIGINT ignored, so set it here.
+    signal.signal(signal.SIGINT, stop_gracefully)
+    signal.signal(signal.SIGTERM, stop_gracefully)
     from tf_diffusion.config import UsageError, check_arguments
 
     weights_dir = arguments.pop("weights_dir")

@@ -176,12 +176,16 @@ def main():
     rows = []
     for recipe in arguments.recipes.split(","):
         weights_dir = os.path.join(arguments.out_dir, recipe)
+        record = os.path.join(weights_dir, "bench-training.json")
         if arguments.skip_training:
-            steps, wall, train_command = None, None, "(trained earlier)"
+            with open(record) as file:
+                steps, wall, train_command = json.load(file)
         else:
             if os.path.exists(weights_dir):
                 sys.exit(f"error: {weights_dir} exists; move it away or pass --skip-training")
             steps, wall, train_command = train(recipe, weights_dir, arguments, log)
+            with open(record, "w") as file:
+                json.dump([steps, wall, train_command], file)
         with open(os.path.join(weights_dir, "config.json")) as file:
             config = json.load(file)
         choices = [None]

@@ -1,10 +1,12 @@
 """train.py and predict.py end to end, as a user runs them, at a tiny width."""
 
 import os
+import signal
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 from conftest import REPOSITORY
 from PIL import Image
 
@@ -151,3 +153,43 @@ def test_predict_without_a_checkpoint(tmp_path):
     )
     assert_usage_error(run("predict.py", "--weights-dir", tmp_path / "nowhere"), "no such folder")
     assert_usage_error(run("predict.py", "--grid", "4by4"), "--grid")
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+def test_ctrl_c_and_sigterm_save_before_stopping(tmp_path, npz_path, signal_number):
+    weights = tmp_path / "W"
+    command = [
+        sys.executable,
+        os.path.join(REPOSITORY, "train.py"),
+        "--data",
+        npz_path,
+        "--weights-dir",
+        weights,
+        *TINY,
+        "--max-steps",
+        "100000",
+        "--save-every",
+        "100000",
+        "--save-every-minutes",
+        "0",
+    ]
+    # Started the way a shell starts a background job: with SIGINT ignored.
+    process = subprocess.Popen(
+        list(map(str, command)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        assert "Starting a new" in process.stdout.readline()
+        assert process.stdout.readline().startswith("step 1/")  # training has begun
+        process.send_signal(signal_number)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    assert "Interrupted: saved step" in stderr and "Traceback" not in stderr
+    step = int(stderr.split("Interrupted: saved step ")[1].split()[0])
+    assert step >= 1 and (weights / f"ckpt-{step}.index").exists()
