@@ -112,3 +112,15 @@ def test_steps_per_call_matches_single_steps():
         results.append([weight.numpy() for weight in trainer.model.weights])
     for single, many in zip(*results):
         np.testing.assert_allclose(single, many, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("option", ["mixed_precision", "xla"])
+def test_gpu_options_train_on_any_device(option):
+    trainer = Trainer(tiny_config("default", **{option: True}))
+    images = scale_images(synthetic_images(4))
+    losses = [float(trainer.train_one(images)) for _ in range(3)]
+    assert all(np.isfinite(losses))
+    assert trainer.model.outputs[0].dtype == "float32"  # outputs stay float32
+    if option == "mixed_precision":
+        assert trainer.model.layers[2].compute_dtype == "float16"
+        assert isinstance(trainer.optimizer, tf.keras.optimizers.LossScaleOptimizer)
