@@ -25,6 +25,25 @@ def run_helper(*arguments):
     return result.stdout, json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def assert_predict_samples_on_one_device(tmp_path):
+    """predict.py, in a plain process, loads the run in tmp_path/run and writes 4 images."""
+    command = [
+        sys.executable,
+        os.path.join(REPOSITORY, "predict.py"),
+        "--weights-dir",
+        tmp_path / "run",
+        "--num",
+        "4",
+        "--npz",
+        tmp_path / "s.npz",
+        "--out",
+        tmp_path / "s.png",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, env=ENVIRONMENT, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert np.load(tmp_path / "s.npz")["x"].shape == (4, 32, 32, 3)
+
+
 def test_mirrored_on_two_logical_cpus_matches_one_device():
     _, report = run_helper("mirrored")
     assert report["replicas"] == [1, 2]
@@ -39,26 +58,7 @@ def test_checkpoints_move_between_two_replicas_and_one(tmp_path, npz_path):
     output, report = run_helper("portable", tmp_path / "run", npz_path)
     assert report["reached"] == [2, 3, 4]
     assert "Resuming from step 2" in output and "Resuming from step 3" in output
-    result = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(REPOSITORY, "predict.py"),
-            "--weights-dir",
-            tmp_path / "run",
-            "--num",
-            "4",
-            "--npz",
-            tmp_path / "s.npz",
-            "--out",
-            tmp_path / "s.png",
-        ],
-        capture_output=True,
-        text=True,
-        env=ENVIRONMENT,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert np.load(tmp_path / "s.npz")["x"].shape == (4, 32, 32, 3)
+    assert_predict_samples_on_one_device(tmp_path)
 
 
 def free_ports(count):
@@ -117,23 +117,4 @@ def test_two_workers_on_loopback_train_and_predict_loads_the_result(tmp_path, np
     assert "2 replicas" in outputs[0][0] and "Done: step 3" in outputs[0][0]
     assert outputs[1][0] == ""  # only the chief speaks and writes
     assert (tmp_path / "run" / "ckpt-3.index").exists()
-    result = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(REPOSITORY, "predict.py"),
-            "--weights-dir",
-            tmp_path / "run",
-            "--num",
-            "4",
-            "--npz",
-            tmp_path / "s.npz",
-            "--out",
-            tmp_path / "s.png",
-        ],
-        capture_output=True,
-        text=True,
-        env=ENVIRONMENT,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert np.load(tmp_path / "s.npz")["x"].shape == (4, 32, 32, 3)
+    assert_predict_samples_on_one_device(tmp_path)
