@@ -16,7 +16,7 @@ from tf_diffusion.checkpoint import (
     resolve_config,
 )
 from tf_diffusion.config import CIFAR10_CLASS_NAMES, UsageError
-from tf_diffusion.data import load_images, make_dataset
+from tf_diffusion.data import check_batch_size, load_images, make_dataset
 from tf_diffusion.images import (
     parse_grid,
     save_gif,
@@ -37,8 +37,7 @@ def train(weights_dir="checkpoints", recipe=None, overrides=None, fresh=False, q
     if moved_to:
         print(f"--fresh: moved the old run to {moved_to}", flush=True)
     images = load_images(config.data, config.label)
-    if len(images) < config.batch_size:
-        make_dataset(images, config.batch_size, config.timesteps)  # says what is wrong
+    check_batch_size(images, config.batch_size)
 
     strategy = make_strategy(config.distribute)
     chief = is_chief(strategy)
@@ -91,6 +90,7 @@ def train(weights_dir="checkpoints", recipe=None, overrides=None, fresh=False, q
         else None
     )
     saved_step = trainer.step
+    sampler = Sampler(trainer.sampling_model, config)  # compiled once, used at each round end
 
     def save(step):
         nonlocal saved_step
@@ -100,7 +100,7 @@ def train(weights_dir="checkpoints", recipe=None, overrides=None, fresh=False, q
     def sample_grid(step):
         if not chief:
             return
-        samples = Sampler(trainer.sampling_model, config).sample(ROUND_SAMPLES, seed=config.seed)
+        samples = sampler.sample(ROUND_SAMPLES, seed=config.seed)
         path = os.path.join(weights_dir, f"samples-step-{step:07d}.png")
         save_grid(samples, path, title=f"{config.recipe} recipe, step {step}")
         with writer.as_default(step=step):

@@ -134,6 +134,15 @@ def check_images(images, source):
     return images
 
 
+def check_batch_size(images, batch_size):
+    """Raise a one-line `UsageError` if `images` cannot fill one batch."""
+    if len(images) < batch_size:
+        raise UsageError(
+            f"--batch-size {batch_size} is more than the {len(images)} training images; "
+            "use a smaller --batch-size or more data"
+        )
+
+
 def scale_images(images):
     """uint8 0..255 to float32 -1..1."""
     return tf.cast(images, tf.float32) / 127.5 - 1.0
@@ -158,12 +167,8 @@ def make_dataset(images, batch_size, timesteps, seed=0, start_batch=0):
     checkpoints stay small and move between `tf.distribute` strategies. The
     images stay in memory as uint8, so a cache step would add nothing.
     """
+    check_batch_size(images, batch_size)
     count = len(images)
-    if count < batch_size:
-        raise UsageError(
-            f"--batch-size {batch_size} is more than the {count} training images; "
-            "use a smaller --batch-size or more data"
-        )
     images = tf.constant(images)
     seed = tf.constant(seed, tf.int64)
 
