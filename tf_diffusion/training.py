@@ -131,7 +131,7 @@ class Trainer:
     @property
     def sampling_model(self):
         """The EMA weights when the recipe keeps them, else the trained weights."""
-        return self.ema_model or self.model
+        return self.ema_model if self.ema_model is not None else self.model
 
     def trackables(self):
         """What a checkpoint must hold to continue this run exactly."""
