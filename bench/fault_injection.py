@@ -28,7 +28,10 @@ import time
 import numpy as np
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SAVE_DELAY_VARIABLE = "TF_DIFFUSION_SAVE_DELAY_SECONDS"  # read by tf_diffusion/checkpoint.py
+sys.path.insert(0, REPOSITORY)
+
+from tf_diffusion.checkpoint import SAVE_DELAY_VARIABLE, checkpoint_step  # noqa: E402
+
 STEPS_PER_TRIAL = 40
 
 
@@ -65,13 +68,6 @@ def corrupt_checkpoints(weights_dir):
         except Exception as error:  # noqa: BLE001 - any failure to read is corruption here
             bad.append(f"{os.path.basename(path)}: {type(error).__name__}")
     return bad
-
-
-def checkpoint_number(name):
-    try:
-        return int(name.split(".")[0].rsplit("-", 1)[1])
-    except (IndexError, ValueError):
-        return -1
 
 
 def read_text(path):
@@ -165,7 +161,10 @@ def main():
             for name in os.listdir(weights_dir)
             if "_temp" in name
             or "tempstate" in name
-            or (name.endswith(".index") and checkpoint_number(name) > after_kill)
+            or (
+                name.endswith(".index")
+                and checkpoint_step(name.removesuffix(".index")) > after_kill
+            )
         ]
         corrupt = corrupt_checkpoints(weights_dir)
         resume = subprocess.run(command(max_steps), capture_output=True, text=True, timeout=600)
