@@ -1,0 +1,31 @@
+"""A run folder written by an older version still resumes and samples exactly as it did then."""
+
+import os
+import shutil
+
+import numpy as np
+from conftest import REPOSITORY, synthetic_images
+
+from tf_diffusion import commands
+from tf_diffusion.checkpoint import load_for_sampling
+from tf_diffusion.sampling import Sampler
+
+LEGACY = os.path.join(REPOSITORY, "tests", "data")
+
+
+def samples(weights_dir):
+    config, model = load_for_sampling(str(weights_dir))
+    return Sampler(model, config).sample(4, seed=0)
+
+
+def test_a_run_from_the_first_version_resumes_and_samples_as_before(tmp_path):
+    """tests/data/legacy-run was written at commit 9ba6198 (its config.json has time_embedding)."""
+    run = tmp_path / "run"
+    shutil.copytree(os.path.join(LEGACY, "legacy-run"), run)
+    expected = np.load(os.path.join(LEGACY, "legacy-run-expected.npz"))
+    np.testing.assert_allclose(samples(run), expected["step_6"], atol=1e-5)
+
+    data = tmp_path / "images.npz"
+    np.savez(data, x=synthetic_images())
+    assert commands.train(str(run), None, {"data": str(data), "max_steps": 8}, quiet=True) == 8
+    np.testing.assert_allclose(samples(run), expected["step_8"], atol=1e-4)
