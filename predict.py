@@ -12,6 +12,8 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from tf_diffusion.config import UsageError, check_predict_arguments  # noqa: E402 (no TensorFlow)
+
 
 def parse_arguments(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -41,9 +43,17 @@ def parse_arguments(argv=None):
 
 def main(argv=None):
     arguments = vars(parse_arguments(argv))
-    from tf_diffusion import UsageError, commands
-
     try:
+        # Plain mistakes are reported at once, before TensorFlow loads.
+        check_predict_arguments(
+            arguments["weights_dir"],
+            arguments["num"],
+            arguments["grid"],
+            arguments["data"],
+            arguments["sampling_steps"],
+        )
+        from tf_diffusion import commands
+
         commands.predict(**arguments)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)

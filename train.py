@@ -15,22 +15,23 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from tf_diffusion.config import CHOICES, UsageError, check_arguments  # noqa: E402 (no TensorFlow)
+
 
 def parse_arguments(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
-    add("--recipe", choices=("default", "classic"), help="default (improved) or classic")
+
+    def switch(name, help, **keywords):  # --name / --no-name; left out keeps the run's value
+        add(name, action=argparse.BooleanOptionalAction, default=None, help=help, **keywords)
+
+    add("--recipe", choices=CHOICES["recipe"], help="named set of defaults (default: default)")
     add("--label", help="CIFAR-10 class, 0-9 or a name such as automobile (default 1)")
     add("--data", help="'tfds' (default: download CIFAR-10), an .npz file or an image folder")
     add("--weights-dir", default="checkpoints", help="run folder to create or resume")
     add("--batch-size", type=int, help="global batch (default 64; classic 128)")
     add("--width", type=int, help="base channels of the U-Net (default 32; classic 128)")
-    add(
-        "--attention",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="self-attention at 8x8 (residual network)",
-    )
+    switch("--attention", "self-attention at 8x8 (residual network)")
     add("--timesteps", type=int, help="noise levels (default 1000; classic 16)")
     add("--max-steps", type=int, help="total steps to reach; a resumed run continues up to it")
     add("--round-steps", type=int, help="steps per learning-rate round (default 5000)")
@@ -43,30 +44,10 @@ def parse_arguments(argv=None):
     add("--keep-checkpoints", type=int, help="how many checkpoints to keep (default 3)")
     add("--sampling-steps", type=int, help="denoising steps for the round sample grids")
     add("--steps-per-call", type=int, help="training steps per compiled call (default 1)")
-    add(
-        "--mixed-precision",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="mixed_float16 compute with loss scaling (GPU)",
-    )
-    add(
-        "--xla",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="compile the training step with XLA (GPU)",
-    )
-    add(
-        "--distribute",
-        choices=("none", "mirrored", "multi-worker", "tpu"),
-        help="tf.distribute strategy (default none)",
-    )
-    add(
-        "--scale-lr",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        dest="scale_learning_rate",
-        help="multiply --lr by the number of replicas",
-    )
+    switch("--mixed-precision", "mixed_float16 compute with loss scaling (GPU)")
+    switch("--xla", "compile the training step with XLA (GPU)")
+    add("--distribute", choices=CHOICES["distribute"], help="tf.distribute strategy (default none)")
+    switch("--scale-lr", "multiply --lr by the number of replicas", dest="scale_learning_rate")
     add("--fresh", action="store_true", help="move an existing run aside and start anew")
     add("--quiet", action="store_true", help="no progress bar: a plain line a minute")
     return parser.parse_args(argv)
@@ -82,7 +63,6 @@ def main(argv=None):
     # before stopping; a background job inherits SIGINT ignored, so set it here.
     signal.signal(signal.SIGINT, stop_gracefully)
     signal.signal(signal.SIGTERM, stop_gracefully)
-    from tf_diffusion.config import UsageError, check_arguments
 
     weights_dir = arguments.pop("weights_dir")
     recipe = arguments.pop("recipe")

@@ -10,11 +10,27 @@ from tf_diffusion.config import Config  # noqa: E402
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# A run small enough to train a few steps in well under a second.
+TINY_RUN = {"width": 8, "batch_size": 4, "timesteps": 20, "sampling_steps": 5}
+
+
+def tiny_settings(**changes):
+    """The tiny run's settings, as `commands.train` takes them, with `changes`."""
+    return dict(TINY_RUN, **changes)
+
+
+def tiny_flags(**changes):
+    """The tiny run's settings as train.py flags, with `changes`."""
+    return [
+        f"--{name.replace('_', '-')}={value}" for name, value in tiny_settings(**changes).items()
+    ]
+
+
 def tiny_config(recipe="default", **overrides):
-    """A model small enough to train a few steps in well under a second."""
-    settings = {"width": 8, "batch_size": 4, "seed": 0, "save_every": 1000}
-    if recipe == "default":
-        settings.update(timesteps=20, sampling_steps=5)
+    """The tiny run's `Config` (the classic recipe keeps its 16 levels)."""
+    settings = tiny_settings(seed=0, save_every=1000)
+    if recipe == "classic":
+        del settings["timesteps"], settings["sampling_steps"]
     settings.update(overrides)
     return Config.for_recipe(recipe, **settings)
 

@@ -8,7 +8,8 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TESTS = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(TESTS), TESTS]
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -22,16 +23,13 @@ def split_cpu(count=2):
 
 
 def train_steps(strategy, steps=3):
+    from conftest import synthetic_images, tiny_settings
+
     from tf_diffusion.config import Config
     from tf_diffusion.data import make_dataset
     from tf_diffusion.training import Trainer
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from conftest import synthetic_images
-
-    config = Config.for_recipe(
-        "default", width=8, batch_size=8, timesteps=20, sampling_steps=4, learning_rate=3e-3
-    )
+    config = Config.for_recipe("default", **tiny_settings(batch_size=8, learning_rate=3e-3))
     trainer = Trainer(config, strategy)
     dataset = make_dataset(synthetic_images(32), config.batch_size, config.timesteps, config.seed)
     if strategy.num_replicas_in_sync > 1:
@@ -66,9 +64,11 @@ def compare_mirrored():
 def portable(weights_dir, data):
     """2 replicas, then 1, then 2 again, in one folder; prints the steps reached."""
     split_cpu(2)
+    from conftest import tiny_settings
+
     from tf_diffusion import commands
 
-    settings = {"width": 8, "batch_size": 8, "timesteps": 20, "sampling_steps": 4, "data": data}
+    settings = tiny_settings(batch_size=8, data=data)
     reached = []
     for distribute, max_steps in (("mirrored", 2), ("none", 3), ("mirrored", 4)):
         reached.append(

@@ -7,17 +7,15 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPOSITORY
+from conftest import REPOSITORY, tiny_flags, tiny_settings
 
 from tf_diffusion import commands
 from tf_diffusion.checkpoint import CheckpointStore, check_writable, resolve_config
 from tf_diffusion.config import Config, UsageError
 
-TINY = {"width": 8, "batch_size": 4, "timesteps": 20, "sampling_steps": 4, "save_every": 1000}
-
 
 def train(weights_dir, npz_path, max_steps, **settings):
-    overrides = dict(TINY, data=npz_path, max_steps=max_steps, **settings)
+    overrides = tiny_settings(data=npz_path, max_steps=max_steps, **settings)
     return commands.train(str(weights_dir), None, overrides, quiet=True)
 
 
@@ -42,11 +40,10 @@ def assert_same_tensors(first, second):
 
 def run_train(weights_dir, npz_path, max_steps, *extra):
     """train.py in a fresh process, as a real restart; deterministic ops, as in the issue."""
-    flags = [f"--{key.replace('_', '-')}={value}" for key, value in TINY.items()]
     command = [
         sys.executable,
         os.path.join(REPOSITORY, "train.py"),
-        *flags,
+        *tiny_flags(),
         "--quiet",
         f"--data={npz_path}",
         f"--weights-dir={weights_dir}",

@@ -1,16 +1,15 @@
 """train.py and predict.py end to end, as a user runs them, at a tiny width."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import REPOSITORY
+from conftest import REPOSITORY, tiny_flags
 from PIL import Image
-
-TINY = ["--width", "8", "--batch-size", "4", "--timesteps", "20", "--sampling-steps", "5"]
 
 
 def run(script, *arguments, cwd=None):
@@ -45,7 +44,7 @@ def test_train_resume_and_predict(tmp_path, npz_path):
         npz_path,
         "--weights-dir",
         weights,
-        *TINY,
+        *tiny_flags(),
         "--max-steps",
         "4",
     )
@@ -62,7 +61,7 @@ def test_train_resume_and_predict(tmp_path, npz_path):
         npz_path,
         "--weights-dir",
         weights,
-        *TINY,
+        *tiny_flags(),
         "--max-steps",
         "6",
     )
@@ -108,7 +107,7 @@ def test_label_names_are_case_insensitive_and_unknown_ones_list_the_choices(tmp_
         npz_path,
         "--weights-dir",
         tmp_path / "W",
-        *TINY,
+        *tiny_flags(),
         "--max-steps",
         "1",
     )
@@ -140,7 +139,14 @@ def test_weights_dir_that_cannot_be_written(tmp_path, npz_path):
     blocker = tmp_path / "file"
     blocker.write_text("a file where a folder should be")
     result = run(
-        "train.py", "--data", npz_path, "--weights-dir", blocker / "run", *TINY, "--max-steps", "1"
+        "train.py",
+        "--data",
+        npz_path,
+        "--weights-dir",
+        blocker / "run",
+        *tiny_flags(),
+        "--max-steps",
+        "1",
     )
     assert_usage_error(result, "--weights-dir", "cannot be written")
     assert blocker.read_text() == "a file where a folder should be"
@@ -165,7 +171,7 @@ def test_ctrl_c_and_sigterm_save_before_stopping(tmp_path, npz_path, signal_numb
         npz_path,
         "--weights-dir",
         weights,
-        *TINY,
+        *tiny_flags(),
         "--max-steps",
         "100000",
         "--save-every",
@@ -193,3 +199,45 @@ def test_ctrl_c_and_sigterm_save_before_stopping(tmp_path, npz_path, signal_numb
     assert "Interrupted: saved step" in stderr and "Traceback" not in stderr
     step = int(stderr.split("Interrupted: saved step ")[1].split()[0])
     assert step >= 1 and (weights / f"ckpt-{step}.index").exists()
+
+
+def run_without_tensorflow(tmp_path, script, *arguments):
+    """Run `script` where importing TensorFlow fails, to prove a check happens before it loads."""
+    blocker = tmp_path / "no-tensorflow"
+    (blocker / "tensorflow").mkdir(parents=True, exist_ok=True)
+    (blocker / "tensorflow" / "__init__.py").write_text(
+        "raise ImportError('TensorFlow was imported before the check')\n"
+    )
+    environment = dict(os.environ, PYTHONPATH=str(blocker))
+    return subprocess.run(
+        [sys.executable, os.path.join(REPOSITORY, script), *map(str, arguments)],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    "arguments, fragments",
+    [
+        (["--sampling-steps", "0"], ["--sampling-steps must be at least 1, got 0"]),
+        (["--sampling-steps", "5000"], ["--sampling-steps 5000 is more than the 20 noise levels"]),
+        (["--num", "0"], ["--num must be at least 1"]),
+        (["--grid", "4by4"], ["--grid '4by4'"]),
+        (["--evaluate", "--data", "missing.npz"], ["--data missing.npz: no such file"]),
+    ],
+    ids=["steps-0", "steps-5000", "num-0", "grid", "data"],
+)
+def test_predict_reports_bad_arguments_before_tensorflow_loads(tmp_path, arguments, fragments):
+    run_folder = tmp_path / "run"
+    shutil.copytree(os.path.join(REPOSITORY, "tests", "data", "legacy-run"), run_folder)
+    result = run_without_tensorflow(tmp_path, "predict.py", "--weights-dir", run_folder, *arguments)
+    assert result.stderr.count("\n") == 1, result.stderr  # exactly one line
+    assert_usage_error(result, *fragments)
+
+
+def test_train_reports_bad_arguments_before_tensorflow_loads(tmp_path):
+    result = run_without_tensorflow(tmp_path, "train.py", "--label", "12")
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert_usage_error(result, "--label '12'")

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
-from conftest import REPOSITORY
+from conftest import REPOSITORY, tiny_flags
 
 HELPER = os.path.join(REPOSITORY, "tests", "distributed_run.py")
 ENVIRONMENT = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -82,14 +82,7 @@ def test_two_workers_on_loopback_train_and_predict_loads_the_result(tmp_path, np
         npz_path,
         "--weights-dir",
         tmp_path / "run",
-        "--width",
-        "8",
-        "--batch-size",
-        "8",
-        "--timesteps",
-        "20",
-        "--sampling-steps",
-        "4",
+        *tiny_flags(batch_size=8),
         "--max-steps",
         "3",
         "--quiet",

@@ -45,16 +45,11 @@ def test_inception_features_of_small_images_with_random_weights():
 
 
 def test_predict_evaluate_prints_fid_and_kid(tmp_path, npz_path, capsys):
+    from conftest import tiny_settings
+
     from tf_diffusion import commands
 
-    settings = {
-        "width": 8,
-        "batch_size": 4,
-        "timesteps": 20,
-        "sampling_steps": 4,
-        "data": npz_path,
-        "max_steps": 1,
-    }
+    settings = tiny_settings(data=npz_path, max_steps=1)
     commands.train(str(tmp_path / "run"), None, settings, quiet=True)
     commands.predict(str(tmp_path / "run"), num=4, out=None, evaluate=True, inception_weights=None)
     output = capsys.readouterr().out

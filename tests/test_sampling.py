@@ -3,7 +3,8 @@ import pytest
 from conftest import tiny_config
 
 from tf_diffusion import UsageError, make_model, predict, predict_step
-from tf_diffusion.sampling import Sampler, sampling_levels
+from tf_diffusion.sampling import Sampler
+from tf_diffusion.schedule import sampling_levels
 
 
 @pytest.mark.parametrize("recipe", ["classic", "default"])
@@ -37,15 +38,18 @@ def test_same_seed_same_images_and_batching_does_not_matter():
 @pytest.mark.parametrize("steps", [1, 4, 20])
 def test_sampling_steps_can_be_chosen_at_predict_time(steps):
     config = tiny_config("default")
-    sampler = Sampler(make_model(config), config, sampling_steps=steps)
+    sampler = Sampler(make_model(config), config.replace(sampling_steps=steps))
     assert len(sampler.levels) == steps + 1
     assert sampler.sample(2).shape == (2, 32, 32, 3)
 
 
 def test_sampling_levels_are_spread_from_noise_to_clean():
     np.testing.assert_array_equal(sampling_levels(1000, 4), [0, 250, 500, 750, 1000])
-    with pytest.raises(UsageError, match="--sampling-steps must be between 1 and 1000"):
-        sampling_levels(1000, 1001)
+    config = tiny_config("default", timesteps=1000)
+    with pytest.raises(UsageError, match="--sampling-steps 1001 is more than the 1000"):
+        predict(make_model(config), config, num=1, sampling_steps=1001)
+    with pytest.raises(UsageError, match="--sampling-steps must be at least 1, got 0"):
+        predict(make_model(config), config, num=1, sampling_steps=0)
 
 
 def test_a_perfect_noise_predictor_recovers_the_image():
@@ -73,5 +77,5 @@ def test_a_perfect_noise_predictor_recovers_the_image():
 
 def test_classic_model_cannot_skip_levels():
     config = tiny_config("classic")
-    with pytest.raises(UsageError, match="takes all 16 steps"):
-        Sampler(make_model(config), config, sampling_steps=8)
+    with pytest.raises(UsageError, match="must take all 16 steps"):
+        predict(make_model(config), config, sampling_steps=8)

@@ -72,3 +72,10 @@ def test_generate_ts_stays_in_range_and_is_seeded():
 def test_unknown_schedule_is_a_usage_error():
     with pytest.raises(UsageError, match="--schedule"):
         NoiseSchedule("quadratic", 10)
+
+
+def test_every_prediction_target_has_a_sampler_step():
+    from tf_diffusion.config import CHOICES
+    from tf_diffusion.schedule import SAMPLER_STEPS
+
+    assert sorted(SAMPLER_STEPS) == sorted(CHOICES["prediction"])

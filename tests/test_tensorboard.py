@@ -2,20 +2,16 @@ import glob
 import os
 
 import tensorflow as tf
-from conftest import tiny_config
+from conftest import tiny_settings
 
 from tf_diffusion import commands
 
 
 def test_training_writes_scalars_and_sample_images_for_tensorboard(tmp_path, npz_path):
-    settings = tiny_config("default").to_dict()
-    overrides = {
-        key: settings[key] for key in ("width", "batch_size", "timesteps", "sampling_steps")
-    }
     commands.train(
         str(tmp_path / "run"),
         None,
-        dict(overrides, data=npz_path, max_steps=4, round_steps=2),
+        tiny_settings(data=npz_path, max_steps=4, round_steps=2),
         quiet=True,
     )
     event_files = glob.glob(os.path.join(tmp_path, "run", "logs", "events.out.tfevents.*"))

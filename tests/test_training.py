@@ -4,6 +4,7 @@ import tensorflow as tf
 from conftest import synthetic_images, tiny_config
 
 from tf_diffusion.data import make_dataset, scale_images
+from tf_diffusion.schedule import training_pair
 from tf_diffusion.training import RoundDecay, Trainer, TrainingDiverged, fit
 
 
@@ -29,7 +30,9 @@ def test_classic_target_is_the_next_less_noisy_image():
     trainer = Trainer(tiny_config("classic"))
     images = tf.random.stateless_uniform((2, 32, 32, 3), (1, 1), -1, 1)
     noises = tf.random.stateless_normal((2, 32, 32, 3), (2, 2))
-    inputs, targets = trainer.training_pair(images, tf.constant([3, 3]), noises)
+    inputs, targets = training_pair(
+        trainer.schedule, trainer.config.prediction, images, tf.constant([3, 3]), noises
+    )
     expected_a, expected_b = trainer.schedule.forward_noise(images, tf.constant([3, 3]), noises)
     np.testing.assert_allclose(inputs, expected_a)
     np.testing.assert_allclose(targets, expected_b)

@@ -16,7 +16,7 @@ import time
 
 import tensorflow as tf
 
-from tf_diffusion.config import CONFIG_FILENAME, Config, UsageError
+from tf_diffusion.config import Config, UsageError, load_run_config, no_checkpoint_error
 
 CHECKPOINT_PREFIX = "ckpt"
 WRITE_PROBE = ".write-probe"
@@ -115,6 +115,12 @@ class CheckpointStore:
         ]
         return sorted(set(paths), key=checkpoint_step, reverse=True)
 
+    @property
+    def latest_step(self):
+        """The step of the newest checkpoint on record, or 0 if there is none."""
+        candidates = self.candidates()
+        return checkpoint_step(candidates[0]) if candidates else 0
+
     def restore(self, say=print, expect_partial=False):
         """Load the newest readable checkpoint; return its path, or None if there is none.
 
@@ -201,23 +207,13 @@ def quarantine(path):
             )
 
 
-def load_for_sampling(directory):
-    """The config and sampling model of the run in `directory`, on any device."""
+def load_for_sampling(directory, **changes):
+    """The config (with predict-time `changes`) and sampling model of the run in `directory`."""
     from tf_diffusion.model import make_model
 
-    if not directory or not os.path.isdir(directory):
-        raise UsageError(f"--weights-dir {directory}: no such folder; train first with train.py")
+    config = load_run_config(directory, **changes)
     if not has_checkpoint(directory):
-        raise UsageError(
-            f"--weights-dir {directory} has no checkpoint; train first with "
-            f"'python train.py --weights-dir {directory}'"
-        )
-    config = Config.load(directory)
-    if config is None:
-        raise UsageError(
-            f"--weights-dir {directory} has checkpoints but no {CONFIG_FILENAME}; "
-            "it was not written by tf-diffusion"
-        )
+        raise no_checkpoint_error(directory)
     model = make_model(config)
     name = "ema_model" if config.ema_decay > 0 else "model"
     store = CheckpointStore(directory, {name: model})

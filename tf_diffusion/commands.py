@@ -15,39 +15,32 @@ from tf_diffusion.checkpoint import (
     load_for_sampling,
     resolve_config,
 )
-from tf_diffusion.config import CIFAR10_CLASS_NAMES, UsageError
-from tf_diffusion.data import check_batch_size, load_images, make_dataset
-from tf_diffusion.images import (
-    parse_grid,
-    save_gif,
-    save_grid,
-    save_strip,
-    temporary_path,
-    to_uint8,
-)
+from tf_diffusion.config import CIFAR10_CLASS_NAMES, UsageError, parse_grid
+from tf_diffusion.data import load_images, make_dataset
+from tf_diffusion.images import save_gif, save_grid, save_strip, temporary_path, to_uint8
 from tf_diffusion.sampling import Sampler
-from tf_diffusion.training import Progress, Trainer, fit, make_strategy
+from tf_diffusion.training import Progress, Trainer, fit, is_chief, make_strategy
 
 ROUND_SAMPLES = 25
 
 
 def train(weights_dir="checkpoints", recipe=None, overrides=None, fresh=False, quiet=False):
     """Train (or resume) the run in `weights_dir` up to its `max_steps`; return the step reached."""
+    # Settle the settings: the saved run's, or a new one's.
     config, resumed, moved_to = resolve_config(weights_dir, recipe, overrides, fresh)
     if moved_to:
         print(f"--fresh: moved the old run to {moved_to}", flush=True)
-    images = load_images(config.data, config.label)
-    check_batch_size(images, config.batch_size)
 
+    # Load dataset.
+    images = load_images(config.data, config.label)
+
+    # Construct network.
     strategy = make_strategy(config.distribute)
     chief = is_chief(strategy)
-    # Every worker of a multi-worker run takes part in each save; only the
-    # chief writes into the weights folder, the others into a scratch folder.
-    save_dir = weights_dir if chief else tempfile.mkdtemp(prefix="tf-diffusion-worker-")
-    check_writable(save_dir)
     say = print if chief else (lambda *arguments, **keywords: None)
-
     trainer = Trainer(config, strategy)
+
+    # Resume, or start anew.
     store = CheckpointStore(weights_dir, trainer.trackables(), config.keep_checkpoints)
     if resumed:
         path = store.restore(say=say)
@@ -63,8 +56,16 @@ def train(weights_dir="checkpoints", recipe=None, overrides=None, fresh=False, q
             f"replica{'s' if strategy.num_replicas_in_sync > 1 else ''}",
             flush=True,
         )
-    if not chief:
-        store = CheckpointStore(save_dir, trainer.trackables(), config.keep_checkpoints)
+    start_step = trainer.step
+    if start_step >= config.max_steps:
+        say(
+            f"Already at step {start_step}, which reaches --max-steps {config.max_steps}; "
+            "raise --max-steps to train more",
+            flush=True,
+        )
+        return start_step
+
+    # Build the data pipeline from the batch the run has reached.
     dataset = make_dataset(
         images,
         config.batch_size,
@@ -74,49 +75,33 @@ def train(weights_dir="checkpoints", recipe=None, overrides=None, fresh=False, q
     )
     if config.distribute != "none":
         dataset = strategy.experimental_distribute_dataset(dataset)
-    iterator = iter(dataset)
-    if trainer.step >= config.max_steps:
-        say(
-            f"Already at step {trainer.step}, which reaches --max-steps {config.max_steps}; "
-            "raise --max-steps to train more",
-            flush=True,
-        )
-        return trainer.step
 
-    writer = tf.summary.create_file_writer(os.path.join(save_dir, "logs"))
-    progress = (
-        Progress(trainer.step, config.max_steps, config.batch_size, quiet, writer)
-        if chief
-        else None
-    )
-    saved_step = trainer.step
-    sampler = Sampler(trainer.sampling_model, config)  # compiled once, used at each round end
+    # Prepare the outputs. Every worker of a multi-worker run takes part in
+    # each save; only the chief writes into the weights folder, the others
+    # into a scratch folder, and only the chief reports and draws samples.
+    save_dir = weights_dir if chief else tempfile.mkdtemp(prefix="tf-diffusion-worker-")
+    check_writable(save_dir)
+    if not chief:
+        store = CheckpointStore(save_dir, trainer.trackables(), config.keep_checkpoints)
+    progress, on_round_end = None, None
+    if chief:
+        writer = tf.summary.create_file_writer(os.path.join(weights_dir, "logs"))
+        progress = Progress(start_step, config.max_steps, config.batch_size, quiet, writer)
+        on_round_end = round_sampler(trainer, config, progress)
 
-    def save(step):
-        nonlocal saved_step
-        store.save(step, config)
-        saved_step = step
+    def save_unless_saved(step):
+        if step > max(start_step, store.latest_step):
+            store.save(step, config)
 
-    def sample_grid(step):
-        if not chief:
-            return
-        samples = sampler.sample(ROUND_SAMPLES, seed=config.seed)
-        path = os.path.join(weights_dir, f"samples-step-{step:07d}.png")
-        save_grid(samples, path, title=f"{config.recipe} recipe, step {step}")
-        with writer.as_default(step=step):
-            tf.summary.image(
-                "samples", (to_uint8(samples)[:16].astype(np.float32) / 255.0), max_outputs=16
-            )
-        progress.message(f"step {step}: wrote {path}")
-
+    # Train, saving on schedule, on Ctrl-C or SIGTERM, and at the end.
     try:
         step = fit(
             trainer,
-            iterator,
+            iter(dataset),
             config.max_steps,
             progress=progress,
-            on_save=save,
-            on_round_end=sample_grid,
+            on_save=lambda step: store.save(step, config),
+            on_round_end=on_round_end,
             save_every=config.save_every,
             save_every_minutes=config.save_every_minutes,
             steps_per_call=config.steps_per_call,
@@ -124,36 +109,37 @@ def train(weights_dir="checkpoints", recipe=None, overrides=None, fresh=False, q
     except KeyboardInterrupt:
         if progress is not None:
             progress.close()
-        step = trainer.step
-        if step > saved_step:
-            save(step)
+        save_unless_saved(trainer.step)
         say(
-            f"\nInterrupted: saved step {step} in {weights_dir}; run the same command to resume",
+            f"\nInterrupted: saved step {trainer.step} in {weights_dir}; "
+            "run the same command to resume",
             file=sys.stderr,
             flush=True,
         )
         raise
     if progress is not None:
         progress.close()
-    if step > saved_step:
-        save(step)
-    if step % config.round_steps:  # a round that just ended has its grid already
-        sample_grid(step)
+    save_unless_saved(step)
+    if chief and step % config.round_steps:  # a round that just ended has its grid already
+        on_round_end(step)
     say(f"Done: step {step} saved in {weights_dir}", flush=True)
     if not chief:
         shutil.rmtree(save_dir, ignore_errors=True)
     return step
 
 
-def is_chief(strategy):
-    """Whether this process writes the run's files (always, but in a multi-worker run)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return True
-    if resolver.task_type == "chief":
-        return True
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+def round_sampler(trainer, config, progress):
+    """The chief's round-end callback: a grid of samples as a PNG and in TensorBoard."""
+    sampler = Sampler(trainer.sampling_model, config)  # compiled once, used at each round end
+
+    def write_samples(step):
+        samples = sampler.sample(ROUND_SAMPLES, seed=config.seed)
+        path = os.path.join(config.weights_dir, f"samples-step-{step:07d}.png")
+        save_grid(samples, path, title=f"{config.recipe} recipe, step {step}")
+        progress.samples(step, samples)
+        progress.message(f"step {step}: wrote {path}")
+
+    return write_samples
 
 
 def predict(
@@ -176,9 +162,9 @@ def predict(
     of the run's class (from `data`, or the run's own data source).
     """
     rows, columns = parse_grid(grid, num)
-    config, model = load_for_sampling(weights_dir)
+    config, model = load_for_sampling(weights_dir, sampling_steps=sampling_steps)
     real = load_images(data or config.data, config.label) if evaluate else None
-    sampler = Sampler(model, config, sampling_steps)
+    sampler = Sampler(model, config)
     images = sampler.sample(num, seed=seed)
     written = []
     if out:

@@ -1,11 +1,16 @@
-"""One place for every setting: the `Config` dataclass, the recipes, and class names.
+"""One place for every setting: the `Config` dataclass, its choices and ranges, the recipes.
 
 A `Config` is saved as `config.json` beside each checkpoint, so that resuming,
-sampling and evaluation replay the training setup exactly.
+sampling and evaluation replay the training setup exactly. Every choice and
+range is checked here, once: the command lines take their `choices` from
+`CHOICES`, and a change made at predict time goes through `Config.replace`,
+which validates it. Nothing here needs TensorFlow, so `train.py` and
+`predict.py` report plain mistakes before it loads.
 """
 
 import dataclasses
 import json
+import math
 import os
 
 CIFAR10_CLASS_NAMES = (
@@ -34,40 +39,39 @@ class UsageError(ValueError):
 class Config:
     """Every setting of a run. The defaults are the "default" recipe."""
 
-    recipe: str = "default"
-    # data
-    label: int = 1
-    data: str = "tfds"
-    # model and noise schedule
-    architecture: str = "residual"  # "classic" or "residual"
-    width: int = 32
-    attention: bool = False
-    time_embedding: str = "sinusoidal"  # "raw" or "sinusoidal"
-    schedule: str = "cosine"  # "linear" or "cosine"
-    timesteps: int = 1000
-    prediction: str = "noise"  # "next" (classic) or "noise"
-    # optimisation
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    learning_rate_decay: float = 0.9
-    learning_rate_floor: float = 1e-6
-    round_steps: int = 5000
-    ema_decay: float = 0.999  # 0 turns EMA off
-    seed: int = 0
-    max_steps: int = 50000
-    # checkpoints
-    weights_dir: str = "checkpoints"
-    save_every: int = 1000
-    save_every_minutes: float = 10.0
-    keep_checkpoints: int = 3
-    # sampling
-    sampling_steps: int = 50
-    # hardware
-    mixed_precision: bool = False
-    xla: bool = False
-    distribute: str = "none"  # "none", "mirrored", "multi-worker" or "tpu"
-    scale_learning_rate: bool = False
-    steps_per_call: int = 1
+    recipe: str = "default"  # Named set of defaults, see RECIPES
+    # Data.
+    label: int = 1  # CIFAR-10 class to learn, 0-9
+    data: str = "tfds"  # "tfds", an .npz file or an image folder
+    # Network and diffusion process.
+    architecture: str = "residual"  # U-Net kind: "classic" or "residual"
+    width: int = 32  # Channels at 32 px; the deeper levels multiply it
+    attention: bool = False  # Self-attention at 8x8 (residual U-Net)
+    schedule: str = "cosine"  # How signal falls with the level: "linear" or "cosine"
+    timesteps: int = 1000  # Number of noise levels; level `timesteps` is the clean image
+    prediction: str = "noise"  # Network target: "next" level's image or the "noise"
+    # Optimisation.
+    batch_size: int = 64  # Global batch, split over the replicas
+    learning_rate: float = 1e-3  # Adam's rate in the first round
+    learning_rate_decay: float = 0.9  # Factor applied to the rate after each round
+    learning_rate_floor: float = 1e-6  # The rate never decays below this
+    round_steps: int = 5000  # Steps per round: rate decay and a sample grid at each end
+    ema_decay: float = 0.999  # EMA of the weights used for sampling; 0 turns it off
+    seed: int = 0  # Seeds the initial weights, data order, levels and noise
+    max_steps: int = 50000  # Train until this many steps; a resumed run continues to it
+    # Checkpoints.
+    weights_dir: str = "checkpoints"  # The run folder: checkpoints, config.json, logs, grids
+    save_every: int = 1000  # Save every N steps
+    save_every_minutes: float = 10.0  # Also save every M minutes; 0 turns it off
+    keep_checkpoints: int = 3  # Numbered checkpoints kept in the folder
+    # Sampling.
+    sampling_steps: int = 50  # Denoising steps, from pure noise to the image
+    # Hardware.
+    mixed_precision: bool = False  # mixed_float16 compute with loss scaling (GPU)
+    xla: bool = False  # Compile the training step with XLA (GPU)
+    distribute: str = "none"  # tf.distribute strategy, see CHOICES
+    scale_learning_rate: bool = False  # Multiply learning_rate by the number of replicas
+    steps_per_call: int = 1  # Training steps per compiled call
 
     # Settings that may change when a run is resumed; every other one is part
     # of what the checkpoint means and must stay the same.
@@ -90,42 +94,16 @@ class Config:
 
     def validate(self):
         """Raise `UsageError` naming the first setting that is out of range."""
-        choices = {
-            "recipe": RECIPES,
-            "architecture": ("classic", "residual"),
-            "time_embedding": ("raw", "sinusoidal"),
-            "schedule": ("linear", "cosine"),
-            "prediction": ("next", "noise"),
-            "distribute": ("none", "mirrored", "multi-worker", "tpu"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise UsageError(
-                    f"--{_flag(name)} {getattr(self, name)!r} is not one of: {', '.join(allowed)}"
-                )
-        positive = (
-            "width",
-            "timesteps",
-            "batch_size",
-            "round_steps",
-            "save_every",
-            "keep_checkpoints",
-            "sampling_steps",
-            "steps_per_call",
-        )
-        for name in positive:
-            if int(getattr(self, name)) < 1:
-                raise UsageError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
-        if self.max_steps < 0:
-            raise UsageError(f"--max-steps must be 0 or more, got {self.max_steps}")
+        for name in CHOICES:
+            check_choice(name, getattr(self, name))
+        for name in AT_LEAST_ONE:
+            check_at_least(name, getattr(self, name), 1)
+        check_at_least("max_steps", self.max_steps, 0)
+        check_at_least("save_every_minutes", self.save_every_minutes, 0)
         if not self.learning_rate > 0:
             raise UsageError(f"--lr must be positive, got {self.learning_rate}")
         if not 0 <= self.ema_decay < 1:
             raise UsageError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
-        if self.save_every_minutes < 0:
-            raise UsageError(
-                f"--save-every-minutes must be 0 (off) or more, got {self.save_every_minutes}"
-            )
         if self.prediction == "next" and self.sampling_steps != self.timesteps:
             raise UsageError(
                 f"--sampling-steps {self.sampling_steps}: a model that predicts the next level "
@@ -140,21 +118,24 @@ class Config:
 
     @classmethod
     def for_recipe(cls, recipe="default", **overrides):
-        """The config of a recipe, with the given settings changed."""
-        if recipe not in RECIPES:
-            raise UsageError(f"--recipe {recipe!r} is not one of: {', '.join(RECIPES)}")
+        """The config of a recipe, with the given settings changed (None keeps the recipe's)."""
+        check_choice("recipe", recipe)
         values = dict(RECIPES[recipe])
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(recipe=recipe, **values)
 
     def replace(self, **changes):
-        return dataclasses.replace(self, **changes)
+        """A copy with `changes`, validated; a change of None keeps the current value."""
+        return dataclasses.replace(
+            self, **{key: value for key, value in changes.items() if value is not None}
+        )
 
     def to_dict(self):
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values):
+        values = {key: value for key, value in values.items() if key not in RETIRED_SETTINGS}
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -177,6 +158,7 @@ class Config:
 
     @classmethod
     def load(cls, directory):
+        """The config saved in `directory`, or None if it has none."""
         path = os.path.join(directory, CONFIG_FILENAME)
         try:
             with open(path) as file:
@@ -203,7 +185,7 @@ class Config:
 # Each recipe is a set of overrides on top of the `Config` field defaults.
 RECIPES = {
     # The improved recipe: cosine schedule with 1000 levels, noise prediction
-    # with deterministic (DDIM) sampling, a sinusoidal time embedding,
+    # with deterministic (DDIM) sampling, a sinusoidal level embedding,
     # residual blocks with GroupNorm and EMA weights.
     "default": {},
     # The classic "diffusion from scratch" recipe, reproduced exactly.
@@ -211,7 +193,6 @@ RECIPES = {
         "architecture": "classic",
         "width": 128,
         "attention": False,
-        "time_embedding": "raw",
         "schedule": "linear",
         "timesteps": 16,
         "prediction": "next",
@@ -224,6 +205,53 @@ RECIPES = {
         "sampling_steps": 16,
     },
 }
+
+# The allowed values of every setting that is a choice; the command lines use these too.
+CHOICES = {
+    "recipe": tuple(RECIPES),
+    "architecture": ("classic", "residual"),
+    "schedule": ("linear", "cosine"),
+    "prediction": ("next", "noise"),
+    "distribute": ("none", "mirrored", "multi-worker", "tpu"),
+}
+
+AT_LEAST_ONE = (
+    "width",
+    "timesteps",
+    "batch_size",
+    "round_steps",
+    "save_every",
+    "keep_checkpoints",
+    "sampling_steps",
+    "steps_per_call",
+)
+
+# Settings that older versions saved and this one no longer has, with the reason they can go.
+RETIRED_SETTINGS = {
+    # Never read: the architecture alone decides the embedding ("raw" for the
+    # classic U-Net, "sinusoidal" for the residual one), so dropping it
+    # changes nothing in how an old run trains or samples.
+    "time_embedding": "decided by the architecture",
+}
+
+
+def flag(name):
+    """The command-line flag of a `Config` setting."""
+    return "--lr" if name == "learning_rate" else "--" + name.replace("_", "-")
+
+
+def check_choice(name, value):
+    """Raise `UsageError` unless `value` is one of `CHOICES[name]`."""
+    if value not in CHOICES[name]:
+        raise UsageError(f"{flag(name)} {value!r} is not one of: {', '.join(CHOICES[name])}")
+
+
+def check_at_least(name, value, minimum):
+    """Raise `UsageError` unless `value` >= `minimum` (`name` is a setting or a flag)."""
+    if not value >= minimum:
+        name = name if name.startswith("--") else flag(name)
+        text = "at least 1" if minimum == 1 else f"{minimum} or more"
+        raise UsageError(f"{name} must be {text}, got {value}")
 
 
 def parse_label(value):
@@ -249,19 +277,57 @@ def parse_label(value):
 def check_data_path(data):
     """Raise `UsageError` unless `data` is 'tfds' or an existing path."""
     if data not in (None, "", "tfds") and not os.path.exists(data):
-        raise UsageError(
-            f"--data {data}: no such file or folder; give an .npz file, an image folder, or 'tfds'"
-        )
+        raise missing_data_error(data)
+
+
+def missing_data_error(data):
+    return UsageError(
+        f"--data {data}: no such file or folder; give an .npz file, an image folder, or 'tfds'"
+    )
+
+
+def parse_grid(text, count=None):
+    """'ROWSxCOLS' to (rows, columns); None picks a near-square layout for `count`."""
+    if text is None:
+        columns = math.ceil(math.sqrt(count))
+        return math.ceil(count / columns), columns
+    parts = str(text).lower().split("x")
+    if len(parts) != 2 or not all(part.isdigit() and int(part) > 0 for part in parts):
+        raise UsageError(f"--grid {text!r} is not ROWSxCOLS, for example 4x8")
+    return int(parts[0]), int(parts[1])
 
 
 def check_arguments(recipe, overrides):
-    """Check command-line settings that need no TensorFlow: ranges, the label, the data path."""
-    values = {key: value for key, value in overrides.items() if value is not None}
-    Config.for_recipe(recipe or "default", **values)
-    check_data_path(values.get("data"))
+    """Check train.py's settings without TensorFlow: ranges, the label, the data path."""
+    Config.for_recipe(recipe or "default", **overrides)
+    check_data_path(overrides.get("data"))
 
 
-def _flag(name):
-    if name == "learning_rate":
-        return "lr"
-    return name.replace("_", "-")
+def check_predict_arguments(weights_dir, num, grid=None, data=None, sampling_steps=None):
+    """Check predict.py's arguments without TensorFlow: counts, layout, paths, the run's ranges."""
+    check_at_least("--num", num, 1)
+    parse_grid(grid, num)
+    check_data_path(data)
+    load_run_config(weights_dir, sampling_steps=sampling_steps)
+
+
+def load_run_config(weights_dir, **changes):
+    """The config saved in `weights_dir` with predict-time `changes`, checked without TensorFlow."""
+    if not weights_dir or not os.path.isdir(weights_dir):
+        raise UsageError(f"--weights-dir {weights_dir}: no such folder; train first with train.py")
+    config = Config.load(weights_dir)
+    if config is None and os.path.exists(os.path.join(weights_dir, "checkpoint")):
+        raise UsageError(
+            f"--weights-dir {weights_dir} has checkpoints but no {CONFIG_FILENAME}; "
+            "it was not written by tf-diffusion"
+        )
+    if config is None:
+        raise no_checkpoint_error(weights_dir)
+    return config.replace(weights_dir=weights_dir, **changes)
+
+
+def no_checkpoint_error(weights_dir):
+    return UsageError(
+        f"--weights-dir {weights_dir} has no checkpoint; train first with "
+        f"'python train.py --weights-dir {weights_dir}'"
+    )

@@ -2,10 +2,11 @@
 
 Every source becomes one uint8 array (N, 32, 32, 3) of a single class, and
 `make_dataset` turns it into the `tf.data` pipeline that feeds training. The
-pipeline also draws each example's level and noise, with stateless random
-ops keyed by the seed and the batch number, so that the same batch always
-gets the same noise whatever the device or the number of replicas, and a
-resumed run continues the exact same stream from the batch it had reached.
+pipeline also draws each example's level and noise
+(`schedule.draw_levels_and_noises`, keyed by the seed and the batch number),
+so that the same batch always gets the same noise whatever the device or the
+number of replicas, and a resumed run continues the exact same stream from
+the batch it had reached.
 """
 
 import os
@@ -19,21 +20,27 @@ from tf_diffusion.config import (
     IMAGE_CHANNELS,
     IMAGE_SIZE,
     UsageError,
-    check_data_path,
+    missing_data_error,
 )
+from tf_diffusion.schedule import draw_levels_and_noises
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
 def load_images(data="tfds", label=1):
-    """The training images of class `label` from `data`, as uint8 (N, 32, 32, 3)."""
+    """The training images of class `label` from `data`, as uint8 (N, 32, 32, 3).
+
+    The command lines check that the path exists (`config.check_data_path`)
+    before TensorFlow loads; here a missing path is found when it is opened.
+    """
     if data in (None, "", "tfds"):
         return load_tfds_images(label)
-    check_data_path(data)
     if os.path.isdir(data):
         return load_folder_images(data)
     if data.endswith(".npz"):
         return load_npz_images(data, label)
+    if not os.path.exists(data):
+        raise missing_data_error(data)
     raise UsageError(f"--data {data}: not an .npz file or a folder of images")
 
 
@@ -82,6 +89,8 @@ def load_npz_images(path, label):
                     f"--data {path}: no key 'x' or 'x_train'/'y_train' (keys: {', '.join(keys)}); "
                     "save the images under key 'x'"
                 )
+    except FileNotFoundError:
+        raise missing_data_error(path) from None
     except (OSError, ValueError) as error:
         if isinstance(error, UsageError):
             raise
@@ -148,19 +157,13 @@ def scale_images(images):
     return tf.cast(images, tf.float32) / 127.5 - 1.0
 
 
-def unscale_images(images):
-    """float -1..1 to uint8 0..255, clipping."""
-    images = np.clip((np.asarray(images, np.float32) + 1.0) * 127.5, 0, 255)
-    return np.round(images).astype(np.uint8)
-
-
 def make_dataset(images, batch_size, timesteps, seed=0, start_batch=0):
     """A repeating, shuffled `tf.data` pipeline of `(images, levels, noises)` batches.
 
     Batch `k` is a pure function of `(seed, k)`: example position `p` of the
     endless stream is image `permutation(seed, p // N)[p % N]`, a fresh
     stateless shuffle of the N images for each epoch, and the levels and
-    noise of batch `k` come from stateless random ops keyed by `(seed, k)`.
+    noise of batch `k` are `draw_levels_and_noises(seed, k)`.
     So the stream does not depend on TensorFlow's global seed or on the
     number of replicas, and a resumed run starts it again at `start_batch`
     (the batches already seen) instead of storing an iterator state: its
@@ -184,13 +187,7 @@ def make_dataset(images, batch_size, timesteps, seed=0, start_batch=0):
         first = tf.gather(permutation(epochs[0]), within)
         second = tf.gather(permutation(epochs[0] + 1), within)
         indices = tf.where(epochs == epochs[0], first, second)
-        levels = tf.random.stateless_uniform(
-            (batch_size,), tf.stack([seed, 2 * batch_number]), 0, timesteps, dtype=tf.int32
-        )
-        noises = tf.random.stateless_normal(
-            (batch_size, IMAGE_SIZE, IMAGE_SIZE, IMAGE_CHANNELS),
-            tf.stack([seed, 2 * batch_number + 1]),
-        )
+        levels, noises = draw_levels_and_noises(seed, batch_number, batch_size, timesteps)
         return scale_images(tf.gather(images, indices)), levels, noises
 
     dataset = tf.data.Dataset.range(int(start_batch), 2**62)  # for as long as training runs

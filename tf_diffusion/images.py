@@ -1,6 +1,5 @@
 """Pictures: sample grids and denoising strips as PNG (matplotlib), and GIFs (Pillow)."""
 
-import math
 import os
 
 import matplotlib
@@ -9,7 +8,7 @@ matplotlib.use("Agg")  # files only; no window is ever opened
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tf_diffusion.config import UsageError  # noqa: E402
+from tf_diffusion.config import parse_grid  # noqa: E402
 
 
 def to_uint8(images):
@@ -18,17 +17,6 @@ def to_uint8(images):
     if images.dtype == np.uint8:
         return images
     return np.round(np.clip((images.astype(np.float32) + 1.0) * 127.5, 0, 255)).astype(np.uint8)
-
-
-def parse_grid(text, count=None):
-    """'ROWSxCOLS' to (rows, columns); None picks a near-square layout for `count`."""
-    if text is None:
-        columns = math.ceil(math.sqrt(count))
-        return math.ceil(count / columns), columns
-    parts = str(text).lower().split("x")
-    if len(parts) != 2 or not all(part.isdigit() and int(part) > 0 for part in parts):
-        raise UsageError(f"--grid {text!r} is not ROWSxCOLS, for example 4x8")
-    return int(parts[0]), int(parts[1])
 
 
 def tile(images, rows, columns, padding=2):

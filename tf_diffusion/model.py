@@ -1,7 +1,8 @@
 """The denoising U-Net, as a Keras functional model built from small closures.
 
-Both architectures take `[images, timesteps]`: images of shape (32, 32, 3) in
-[-1, 1] and the level index `t` of shape (1,). They have down blocks at 32,
+Both architectures take `[images, levels]`: images of shape (32, 32, 3) in
+[-1, 1] and each image's noise level, shape (1,), as a float (the Keras
+inputs keep the classic names `x_input` and `x_ts_input`). They have down blocks at 32,
 16, 8 and 4 pixels, a middle section at 4 pixels, up blocks with skip
 concatenations back to 32, and a time embedding that enters every block.
 
@@ -19,7 +20,7 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from tf_diffusion.config import IMAGE_CHANNELS, IMAGE_SIZE, Config, UsageError
+from tf_diffusion.config import IMAGE_CHANNELS, IMAGE_SIZE, Config
 
 # Channel multipliers of the residual U-Net at 32, 16, 8 and 4 pixels.
 RESIDUAL_CHANNEL_MULTIPLIERS = (1, 2, 4, 4)
@@ -29,16 +30,21 @@ def make_model(config=None, **overrides):
     """Build the U-Net described by `config` (default: `Config()`), with overrides."""
     config = (config or Config()).replace(**overrides) if overrides else (config or Config())
     if config.architecture == "classic":
-        return make_classic_model(config.width, config.timesteps)
-    if config.architecture == "residual":
-        return make_residual_model(config.width, config.timesteps, config.attention)
-    raise UsageError(f"--architecture {config.architecture!r} is not one of: classic, residual")
+        return make_classic_model(config.width)
+    return make_residual_model(config.width, config.timesteps, config.attention)
 
 
 def model_inputs():
     images = layers.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, IMAGE_CHANNELS), name="x_input")
-    timesteps = layers.Input(shape=(1,), name="x_ts_input")
-    return images, timesteps
+    levels = layers.Input(shape=(1,), name="x_ts_input")
+    return images, levels
+
+
+def call_network(model, images, levels, training=False):
+    """The model's float32 output for `images` at `levels` (one per image, or one for all)."""
+    count = tf.shape(images)[0]
+    levels = tf.broadcast_to(tf.reshape(tf.cast(levels, tf.float32), (-1, 1)), (count, 1))
+    return tf.cast(model([images, levels], training=training), tf.float32)
 
 
 # --------------------------------------------------------------------------
@@ -61,13 +67,13 @@ def ClassicBlock(width):
     return apply
 
 
-def make_classic_model(width=128, timesteps=16):
+def make_classic_model(width=128):
     """The classic network; `width` 128 gives the original 3.6M parameters."""
     time_width = width * 3 // 2  # 192 at the classic width
     middle_channels = max(1, width // 4)  # 32 at the classic width
-    images, timesteps_input = model_inputs()
+    images, level_input = model_inputs()
 
-    time_features = layers.Dense(time_width)(timesteps_input)
+    time_features = layers.Dense(time_width)(level_input)
     time_features = layers.LayerNormalization()(time_features)
     time_features = layers.Activation("relu")(time_features)
 
@@ -96,7 +102,7 @@ def make_classic_model(width=128, timesteps=16):
             x = layers.UpSampling2D(2)(x)
 
     outputs = layers.Conv2D(IMAGE_CHANNELS, kernel_size=1, padding="same", dtype="float32")(x)
-    return keras.Model([images, timesteps_input], outputs, name="classic_unet")
+    return keras.Model([images, level_input], outputs, name="classic_unet")
 
 
 # --------------------------------------------------------------------------
@@ -108,8 +114,8 @@ def SinusoidalEmbedding(dimension, timesteps):
     frequencies = tf.exp(tf.linspace(math.log(1.0), math.log(1000.0), dimension // 2))
     angular_speeds = 2.0 * math.pi * frequencies
 
-    def embed(t):
-        fraction = tf.cast(t, tf.float32) / float(timesteps)
+    def embed(levels):
+        fraction = tf.cast(levels, tf.float32) / float(timesteps)
         angles = fraction * tf.cast(angular_speeds, tf.float32)
         return tf.concat([tf.sin(angles), tf.cos(angles)], axis=-1)
 
@@ -156,9 +162,9 @@ def AttentionBlock(channels):
 def make_residual_model(width=64, timesteps=1000, attention=False):
     """A small residual U-Net with channels `width` x (1, 2, 4, 4) from 32 to 4 pixels."""
     channels = [width * multiplier for multiplier in RESIDUAL_CHANNEL_MULTIPLIERS]
-    images, timesteps_input = model_inputs()
+    images, level_input = model_inputs()
 
-    time_features = SinusoidalEmbedding(width, timesteps)(timesteps_input)
+    time_features = SinusoidalEmbedding(width, timesteps)(level_input)
     time_features = layers.Dense(width * 4, activation="swish")(time_features)
     time_features = layers.Dense(width * 4, activation="swish")(time_features)
 
@@ -188,4 +194,4 @@ def make_residual_model(width=64, timesteps=1000, attention=False):
     outputs = layers.Conv2D(
         IMAGE_CHANNELS, kernel_size=3, padding="same", kernel_initializer="zeros", dtype="float32"
     )(x)
-    return keras.Model([images, timesteps_input], outputs, name="residual_unet")
+    return keras.Model([images, level_input], outputs, name="residual_unet")

@@ -1,10 +1,11 @@
-"""Training: the model, optimizer and EMA weights of a run, `train_one`, and the loop.
+"""Training: the strategy, the model, optimizer and EMA weights of a run, `train_one`, the loop.
 
-`Trainer.train_one` is one compiled step: it mixes the images with noise at
-their levels (`forward_noise`), runs the model on `(img_a, t)`, takes the mean
-absolute error against the target (the next, less noisy image `img_b` for the
-classic recipe, the noise for the default one) and applies one Adam step. It
-runs through `tf.distribute`, so the same code serves one device or many.
+`Trainer.train_one` is one compiled step: it takes the network's input and
+target from `schedule.training_pair` (the images mixed with noise at their
+levels; the next, less noisy image for the classic recipe, the noise for the
+default one), takes the mean absolute error of the network's output against
+the target and applies one Adam step. It runs through `tf.distribute`, so the
+same code serves one device or many.
 """
 
 import contextlib
@@ -15,9 +16,9 @@ import time
 import keras
 import tensorflow as tf
 
-from tf_diffusion.config import IMAGE_CHANNELS, IMAGE_SIZE, UsageError
-from tf_diffusion.model import make_model
-from tf_diffusion.schedule import NoiseSchedule
+from tf_diffusion.config import IMAGE_CHANNELS, IMAGE_SIZE, check_choice
+from tf_diffusion.model import call_network, make_model
+from tf_diffusion.schedule import NoiseSchedule, training_pair
 
 PIXELS_PER_IMAGE = IMAGE_SIZE * IMAGE_SIZE * IMAGE_CHANNELS
 QUIET_LINE_SECONDS = 60.0
@@ -25,18 +26,28 @@ QUIET_LINE_SECONDS = 60.0
 
 def make_strategy(name="none"):
     """The `tf.distribute` strategy for `--distribute`."""
+    check_choice("distribute", name)
     if name == "none":
         return tf.distribute.get_strategy()
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi-worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
-    if name == "tpu":
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-        return tf.distribute.TPUStrategy(resolver)
-    raise UsageError(f"--distribute {name!r} is not one of: none, mirrored, multi-worker, tpu")
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def is_chief(strategy):
+    """Whether this process writes the run's files (always, but in a multi-worker run)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
 class TrainingDiverged(RuntimeError):
@@ -106,6 +117,9 @@ class Trainer:
                 )
             )
             self.adam.build(self.model.trainable_variables)
+            # `optimizer` applies the gradients; `adam` is the plain Adam inside
+            # it, which the checkpoint holds so that float32 and mixed-precision
+            # runs save the same variables.
             self.optimizer = self.adam
             if config.mixed_precision:
                 self.optimizer = keras.optimizers.LossScaleOptimizer(self.adam)
@@ -147,21 +161,14 @@ class Trainer:
 
     # ---- steps
 
-    def training_pair(self, images, levels, noises):
-        """The model input and the target that its output is compared with."""
-        if self.config.prediction == "next":
-            img_a, img_b = self.schedule.forward_noise(images, levels, noises)
-            return img_a, img_b
-        return self.schedule.mix(images, noises, levels), noises
-
     def _replica_step(self, images, levels, noises):
-        inputs, targets = self.training_pair(images, levels, noises)
+        inputs, targets = training_pair(
+            self.schedule, self.config.prediction, images, levels, noises
+        )
         global_batch = tf.shape(images)[0] * self.strategy.num_replicas_in_sync
         with tf.GradientTape() as tape:
-            outputs = self.model(
-                [inputs, tf.cast(tf.reshape(levels, (-1, 1)), tf.float32)], training=True
-            )
-            absolute_errors = tf.abs(tf.cast(outputs, tf.float32) - targets)
+            outputs = call_network(self.model, inputs, levels, training=True)
+            absolute_errors = tf.abs(outputs - targets)
             loss = tf.reduce_sum(absolute_errors) / tf.cast(
                 global_batch * PIXELS_PER_IMAGE, tf.float32
             )
@@ -205,7 +212,8 @@ class Trainer:
 class Progress:
     """Step, loss, learning rate, images/s and ETA: a bar on a terminal, lines elsewhere.
 
-    Also writes the scalars to TensorBoard when given a summary writer.
+    Also writes the scalars, and the sample images of each round, to
+    TensorBoard when given a summary writer.
     """
 
     def __init__(
@@ -271,6 +279,13 @@ class Progress:
                 file=self.stream,
                 flush=True,
             )
+
+    def samples(self, step, images, most=16):
+        """Show up to `most` sample images (floats in [-1, 1]) in TensorBoard at `step`."""
+        if self.writer is not None:
+            with self.writer.as_default(step=step):
+                pictures = tf.clip_by_value((images[:most] + 1.0) / 2.0, 0.0, 1.0)
+                tf.summary.image("samples", pictures, max_outputs=most)
 
     def message(self, text):
         if self.bar is not None:

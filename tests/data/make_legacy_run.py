@@ -24,7 +24,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 sys.path.insert(0, os.path.dirname(HERE))
 
 import numpy as np  # noqa: E402
-
 from conftest import synthetic_images  # noqa: E402
 
 SETTINGS = {
