@@ -28,9 +28,15 @@ import time
 import numpy as np
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPOSITORY)
+sys.path[:0] = [REPOSITORY, os.path.join(REPOSITORY, "tests")]
 
-from tf_diffusion.checkpoint import SAVE_DELAY_VARIABLE, checkpoint_step  # noqa: E402
+from conftest import tiny_flags  # noqa: E402
+
+from tf_diffusion.checkpoint import (  # noqa: E402
+    SAVE_DELAY_VARIABLE,
+    CheckpointStore,
+    checkpoint_step,
+)
 
 STEPS_PER_TRIAL = 40
 
@@ -44,27 +50,19 @@ def parse_arguments():
 
 
 def newest_step(weights_dir):
-    import tensorflow as tf
-
-    latest = tf.train.latest_checkpoint(weights_dir)
-    return int(latest.rsplit("-", 1)[1]) if latest else 0
+    return CheckpointStore(weights_dir, {}).latest_step
 
 
 def corrupt_checkpoints(weights_dir):
     """The listed checkpoints that cannot be read in full."""
     import tensorflow as tf
 
-    state = tf.train.get_checkpoint_state(weights_dir)
-    if state is None:
-        return []
     bad = []
-    for path in state.all_model_checkpoint_paths:
-        path = path if os.path.isabs(path) else os.path.join(weights_dir, path)
+    for path in CheckpointStore(weights_dir, {}).candidates():
         try:
             reader = tf.train.load_checkpoint(path)
-            for name, dtype in reader.get_variable_to_dtype_map().items():
-                if dtype != tf.variant:  # the data iterator's state; resume itself reads it
-                    reader.get_tensor(name)
+            for name in reader.get_variable_to_dtype_map():
+                reader.get_tensor(name)
         except Exception as error:  # noqa: BLE001 - any failure to read is corruption here
             bad.append(f"{os.path.basename(path)}: {type(error).__name__}")
     return bad
@@ -96,20 +94,7 @@ def main():
             data,
             "--weights-dir",
             weights_dir,
-            "--width",
-            "8",
-            "--batch-size",
-            "8",
-            "--timesteps",
-            "20",
-            "--sampling-steps",
-            "4",
-            "--save-every",
-            "1",
-            "--keep-checkpoints",
-            "3",
-            "--max-steps",
-            str(max_steps),
+            *tiny_flags(batch_size=8, save_every=1, keep_checkpoints=3, max_steps=max_steps),
             "--quiet",
         ]
 
