@@ -12,13 +12,13 @@ from conftest import REPOSITORY, tiny_flags
 from PIL import Image
 
 
-def run(script, *arguments, cwd=None):
-    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+def run(script, *arguments, cwd=None, **environment):
+    """Run a script of the repository as a user does, with `environment` added."""
     return subprocess.run(
         [sys.executable, os.path.join(REPOSITORY, script), *map(str, arguments)],
         capture_output=True,
         text=True,
-        env=environment,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **environment),
         timeout=300,
         cwd=cwd,
     )
@@ -208,14 +208,7 @@ def run_without_tensorflow(tmp_path, script, *arguments):
     (blocker / "tensorflow" / "__init__.py").write_text(
         "raise ImportError('TensorFlow was imported before the check')\n"
     )
-    environment = dict(os.environ, PYTHONPATH=str(blocker))
-    return subprocess.run(
-        [sys.executable, os.path.join(REPOSITORY, script), *map(str, arguments)],
-        capture_output=True,
-        text=True,
-        env=environment,
-        timeout=60,
-    )
+    return run(script, *arguments, PYTHONPATH=str(blocker))
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ import time
 import tensorflow as tf
 
 from tf_diffusion.config import Config, UsageError, load_run_config, no_checkpoint_error
+from tf_diffusion.model import make_model
 
 CHECKPOINT_PREFIX = "ckpt"
 WRITE_PROBE = ".write-probe"
@@ -209,8 +210,6 @@ def quarantine(path):
 
 def load_for_sampling(directory, **changes):
     """The config (with predict-time `changes`) and sampling model of the run in `directory`."""
-    from tf_diffusion.model import make_model
-
     config = load_run_config(directory, **changes)
     if not has_checkpoint(directory):
         raise no_checkpoint_error(directory)
