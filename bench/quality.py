@@ -72,13 +72,12 @@ def machine():
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def train(recipe, weights_dir, arguments, log):
-    """Run train.py until it has used the CPU budget; return (steps, wall seconds, command)."""
+def train(flags, weights_dir, arguments, log):
+    """Run train.py with `flags` until it spends the CPU budget; return (steps, wall s, command)."""
     command = [
         sys.executable,
         "train.py",
-        "--recipe",
-        recipe,
+        *flags,
         "--data",
         arguments.data,
         "--weights-dir",
@@ -140,14 +139,16 @@ def sample(weights_dir, out_prefix, arguments, sampling_steps, log):
     return time.monotonic() - start, " ".join(shlex.quote(part) for part in command)
 
 
-def score(npz, arguments, log):
+def score(npz, arguments, log, reference=None, tag=""):
+    """FID and KID of the images in `npz` against `reference` (default: the 5000 automobiles)."""
     if not arguments.quality_python:
         return {}
-    report = npz[:-4] + "-quality.json"
+    report = npz[:-4] + (f"-{tag}" if tag else "") + "-quality.json"
     command = [
         arguments.quality_python,
         QUALITY_TOOL,
         npz,
+        *([reference] if reference else []),
         "--metrics",
         "fid,kid",
         "--json",
@@ -183,7 +184,7 @@ def main():
         else:
             if os.path.exists(weights_dir):
                 sys.exit(f"error: {weights_dir} exists; move it away or pass --skip-training")
-            steps, wall, train_command = train(recipe, weights_dir, arguments, log)
+            steps, wall, train_command = train(["--recipe", recipe], weights_dir, arguments, log)
             with open(record, "w") as file:
                 json.dump([steps, wall, train_command], file)
         with open(os.path.join(weights_dir, "config.json")) as file:

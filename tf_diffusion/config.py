@@ -188,6 +188,8 @@ RECIPES = {
     # with deterministic (DDIM) sampling, a sinusoidal level embedding,
     # residual blocks with GroupNorm and EMA weights.
     "default": {},
+    # The default recipe as it was first released, kept by name for comparisons.
+    "v1": {},
     # The classic "diffusion from scratch" recipe, reproduced exactly.
     "classic": {
         "architecture": "classic",

@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""Train many variants of the recipe on a short CPU budget each, and rank them by FID.
+
+    python bench/sweep.py --cpu-minutes 8 --quality-python VENV/bin/python
+    python bench/sweep.py --variants v1,velocity --cpu-minutes 8 ...
+
+The 5000 real automobiles are split once: training sees the first 4500, and
+the last 500 are a validation split that no variant ever trains on. Each
+variant is `train.py` with its flags, stopped with SIGINT when its process
+has used `--cpu-minutes` of CPU time (as in bench/quality.py). It then
+samples `--num` images with `predict.py` at `--sampling-steps`, and the
+standard FID Inception network (`../shared/tools/quality.py`) scores them
+against the 4500 training images and against the 500 validation images.
+
+FID against the training images rewards copying; a variant that gains there
+but not on the validation split has learned the training set, not the class.
+FID with 500 reference images is biased upwards, so compare the validation
+column only with itself.
+
+Results are appended to `--out-dir/sweep.json` as each variant ends, so an
+interrupted sweep can be continued: variants already there are skipped.
+"""
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+REPOSITORY = os.path.dirname(BENCH)
+sys.path[:0] = [REPOSITORY, BENCH]
+
+import quality  # noqa: E402
+
+VALIDATION_SIZE = 500
+
+# Each variant: the train.py flags that make it, on top of --recipe v1's defaults.
+VARIANTS = {
+    "v1": [],
+    "attention": ["--attention"],
+    "lr-2e-3": ["--lr", "2e-3"],
+    "batch-32": ["--batch-size", "32"],
+}
+
+
+def parse_arguments():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma list of names")
+    parser.add_argument("--cpu-minutes", type=float, default=8.0, help="training budget each")
+    parser.add_argument("--num", type=int, default=1000, help="samples per evaluation")
+    parser.add_argument("--sampling-steps", type=int, default=25)
+    parser.add_argument("--data", default=quality.DEFAULT_DATA)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out-dir", default=os.path.join(REPOSITORY, "runs", "sweep"))
+    parser.add_argument(
+        "--quality-python",
+        default=os.environ.get("QUALITY_PYTHON"),
+        help="Python of the venv where ../shared/tools/quality.py's needs are installed",
+    )
+    arguments = parser.parse_args()
+    unknown = [name for name in arguments.variants.split(",") if name not in VARIANTS]
+    if unknown:
+        parser.error(f"--variants: unknown {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+    if not arguments.quality_python:
+        parser.error("--quality-python (or $QUALITY_PYTHON) is needed to score the samples")
+    return arguments
+
+
+def split_data(path, out_dir):
+    """Write the training and validation splits once; return their paths."""
+    train_path = os.path.join(out_dir, "train-split.npz")
+    validation_path = os.path.join(out_dir, "validation-split.npz")
+    if not os.path.exists(validation_path):
+        with np.load(path) as archive:
+            images = archive["x"]
+        np.savez(train_path, x=images[:-VALIDATION_SIZE])
+        np.savez(validation_path, x=images[-VALIDATION_SIZE:])
+    return train_path, validation_path
+
+
+def training_work(weights_dir):
+    """GFLOP of one training image (3 forward passes) of the run in `weights_dir`."""
+    from speed import forward_flops
+
+    from tf_diffusion.checkpoint import load_run_config
+    from tf_diffusion.model import make_model
+
+    return 3 * forward_flops(make_model(load_run_config(weights_dir))) / 1e9
+
+
+def main():
+    arguments = parse_arguments()
+    os.makedirs(arguments.out_dir, exist_ok=True)
+    log = os.path.join(arguments.out_dir, "log.txt")
+    record = os.path.join(arguments.out_dir, "sweep.json")
+    rows = []
+    if os.path.exists(record):
+        with open(record) as file:
+            rows = json.load(file)["rows"]
+    train_path, validation_path = split_data(arguments.data, arguments.out_dir)
+    import tensorflow as tf
+    from speed import matmul_peak
+
+    peak = matmul_peak(tf)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPOSITORY, capture_output=True, text=True
+    ).stdout.strip()
+    for name in arguments.variants.split(","):
+        if any(row["variant"] == name for row in rows):
+            continue
+        weights_dir = os.path.join(arguments.out_dir, name)
+        if os.path.exists(weights_dir):
+            sys.exit(f"error: {weights_dir} exists but has no result; move it away first")
+        flags = ["--recipe", "v1", *VARIANTS[name]]
+        training = argparse.Namespace(**dict(vars(arguments), data=train_path))
+        steps, wall, train_command = quality.train(flags, weights_dir, training, log)
+        prefix = os.path.join(arguments.out_dir, f"{name}-samples")
+        sample_seconds, _ = quality.sample(
+            weights_dir, prefix, arguments, arguments.sampling_steps, log
+        )
+        on_train = quality.score(prefix + ".npz", arguments, log, reference=train_path)
+        on_validation = quality.score(
+            prefix + ".npz", arguments, log, reference=validation_path, tag="validation"
+        )
+        with open(os.path.join(weights_dir, "config.json")) as file:
+            batch = json.load(file)["batch_size"]
+        gflop_per_image = training_work(weights_dir)
+        cpu_seconds = arguments.cpu_minutes * 60
+        rows.append(
+            {
+                "variant": name,
+                "flags": " ".join(shlex.quote(flag) for flag in VARIANTS[name]),
+                "steps": steps,
+                "images": steps * batch,
+                "cpu_minutes": arguments.cpu_minutes,
+                "wall_seconds": wall,
+                # Work per second of 2-core CPU time, comparable across a loaded machine.
+                "gflops": gflop_per_image * steps * batch / (cpu_seconds / os.cpu_count()),
+                "sample_seconds": sample_seconds,
+                "fid_train": quality.number(on_train, "fid"),
+                "kid_train": 1e3 * (quality.number(on_train, "kid_mean") or float("nan")),
+                "fid_validation": quality.number(on_validation, "fid"),
+                "kid_validation": 1e3 * (quality.number(on_validation, "kid_mean") or float("nan")),
+                "commit": commit,
+                "command": train_command,
+            }
+        )
+        with open(record, "w") as file:
+            json.dump({"machine": quality.machine(), "rows": rows}, file, indent=2)
+        print_table(rows, arguments, peak)
+
+
+def print_table(rows, arguments, peak):
+    def show(value, pattern):
+        return "" if value is None else pattern.format(value)
+
+    print(
+        f"\nbench/sweep.py, {quality.machine()}; tf.matmul peak {peak:.0f} GFLOP/s in this run; "
+        f"{arguments.num} samples at {arguments.sampling_steps} DDIM steps vs the 4500 training "
+        f"and the {VALIDATION_SIZE} validation automobiles"
+    )
+    print(
+        "| variant | flags | CPU-min | steps | images seen | GFLOP/s (% of peak) | "
+        "FID train | KID train x1e3 | FID validation | KID validation x1e3 | commit |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in sorted(rows, key=lambda row: row["fid_train"] or float("inf")):
+        print(
+            f"| {row['variant']} | `{row['flags']}` | {row['cpu_minutes']:g} | {row['steps']} | "
+            f"{row['images']:,} | {row['gflops']:.0f} ({100 * row['gflops'] / peak:.0f}%) | "
+            f"{show(row['fid_train'], '{:.1f}')} | {show(row['kid_train'], '{:.1f}')} | "
+            f"{show(row['fid_validation'], '{:.1f}')} | "
+            f"{show(row['kid_validation'], '{:.1f}')} | {row['commit']} |"
+        )
+    print("train commands:")
+    for row in rows:
+        print(f"  {row['variant']}: {row['command']}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
