@@ -12,7 +12,11 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tf_diffusion.config import UsageError, check_predict_arguments  # noqa: E402 (no TensorFlow)
+from tf_diffusion.config import (  # noqa: E402 (no TensorFlow)
+    CHOICES,
+    UsageError,
+    check_predict_arguments,
+)
 
 
 def parse_arguments(argv=None):
@@ -27,6 +31,8 @@ def parse_arguments(argv=None):
     add("--gif", help="also write an animated GIF of the denoising, one frame per level")
     add("--seed", type=int, default=0, help="random seed of the starting noise")
     add("--sampling-steps", type=int, help="denoising steps (default: the run's)")
+    add("--sampler", choices=CHOICES["sampler"], help="sampler (default: the run's)")
+    add("--spacing", choices=CHOICES["spacing"], help="levels visited (default: the run's)")
     add(
         "--evaluate",
         action="store_true",
@@ -50,7 +56,9 @@ def main(argv=None):
             arguments["num"],
             arguments["grid"],
             arguments["data"],
-            arguments["sampling_steps"],
+            sampling_steps=arguments["sampling_steps"],
+            sampler=arguments["sampler"],
+            spacing=arguments["spacing"],
         )
         from tf_diffusion import commands
 

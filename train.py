@@ -33,16 +33,33 @@ def parse_arguments(argv=None):
     add("--width", type=int, help="base channels of the U-Net (default 32; classic 128)")
     switch("--attention", "self-attention at 8x8 (residual network)")
     add("--timesteps", type=int, help="noise levels (default 1000; classic 16)")
+    add("--prediction", choices=CHOICES["prediction"], help="what the network learns to output")
+    add("--loss-weighting", choices=CHOICES["loss_weighting"], help="weight of each level")
+    add("--min-snr-gamma", type=float, help="SNR cap of --loss-weighting min-snr (default 5)")
+    add("--level-distribution", choices=CHOICES["level_distribution"], help="training levels")
+    add("--level-mean", type=float, help="log-normal levels: mean of log(noise/signal)")
+    add("--level-std", type=float, help="log-normal levels: its standard deviation")
+    add("--noise-keys", choices=CHOICES["noise_keys"], help="random keys of the data streams")
+    switch("--flip", "mirror training images left-right at random")
     add("--max-steps", type=int, help="total steps to reach; a resumed run continues up to it")
     add("--round-steps", type=int, help="steps per learning-rate round (default 5000)")
     add("--lr", type=float, dest="learning_rate", help="initial learning rate")
     add("--lr-decay", type=float, dest="learning_rate_decay", help="factor after each round")
+    add(
+        "--lr-schedule",
+        choices=CHOICES["learning_rate_schedule"],
+        dest="learning_rate_schedule",
+        help="rounds (x --lr-decay each round) or cosine (to --max-steps)",
+    )
+    add("--warmup-steps", type=int, help="linear warm-up steps of --lr-schedule cosine")
     add("--ema-decay", type=float, help="EMA of the weights for sampling; 0 is off")
     add("--seed", type=int, help="random seed of the data order, levels and noise")
     add("--save-every", type=int, help="save every N steps (default 1000)")
     add("--save-every-minutes", type=float, help="also save every M minutes (default 10)")
     add("--keep-checkpoints", type=int, help="how many checkpoints to keep (default 3)")
     add("--sampling-steps", type=int, help="denoising steps for the round sample grids")
+    add("--sampler", choices=CHOICES["sampler"], help="sampler of the round grids")
+    add("--spacing", choices=CHOICES["spacing"], help="levels the sampler visits")
     add("--steps-per-call", type=int, help="training steps per compiled call (default 1)")
     switch("--mixed-precision", "mixed_float16 compute with loss scaling (GPU)")
     switch("--xla", "compile the training step with XLA (GPU)")

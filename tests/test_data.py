@@ -123,6 +123,27 @@ def test_pipeline_starts_at_any_batch_as_if_it_had_run_there():
             np.testing.assert_array_equal(left, right)
 
 
+def test_flips_mirror_about_half_the_images_and_resume_exactly():
+    from tf_diffusion.schedule import LevelDraw, NoiseSchedule
+
+    images = synthetic_images(20)
+    draw = LevelDraw(NoiseSchedule("cosine", 16), noise_keys="tagged")
+    plain = list(make_dataset(images, 10, 16, seed=2, draw=draw).take(4))
+    flipped = list(make_dataset(images, 10, 16, seed=2, draw=draw, flip=True).take(4))
+    mirrored = 0
+    for (original, *_), (batch, *_) in zip(plain, flipped):
+        for left, right in zip(original.numpy(), batch.numpy()):
+            same = np.array_equal(left, right)
+            mirrored += not same
+            assert same or np.array_equal(left[:, ::-1], right)
+    assert 10 <= mirrored <= 30  # of 40
+    resumed = list(
+        make_dataset(images, 10, 16, seed=2, start_batch=2, draw=draw, flip=True).take(2)
+    )
+    for expected, actual in zip(flipped[2:], resumed):
+        np.testing.assert_array_equal(expected[0], actual[0])
+
+
 def test_every_epoch_shows_every_image_once():
     images = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1) * np.ones((1, 32, 32, 3), np.uint8)
     batches = [batch[0].numpy()[:, 0, 0, 0] for batch in make_dataset(images, 5, 16).take(6)]

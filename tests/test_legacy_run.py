@@ -1,5 +1,6 @@
 """A run folder written by an older version still resumes and samples exactly as it did then."""
 
+import json
 import os
 import shutil
 
@@ -29,3 +30,21 @@ def test_a_run_from_the_first_version_resumes_and_samples_as_before(tmp_path):
     np.savez(data, x=synthetic_images())
     assert commands.train(str(run), None, {"data": str(data), "max_steps": 8}, quiet=True) == 8
     np.testing.assert_allclose(samples(run), expected["step_8"], atol=1e-4)
+
+
+def test_settings_added_since_the_first_version_take_its_values_when_missing(tmp_path):
+    """A config.json from the first version never takes a newer default for a setting it lacks."""
+    from tf_diffusion.config import FIRST_VERSION, RECIPES, Config
+
+    with open(os.path.join(LEGACY, "legacy-run", "config.json")) as file:
+        saved = json.load(file)
+    assert not set(FIRST_VERSION) & set(saved)
+    config = Config.from_dict(saved)
+    for name, value in FIRST_VERSION.items():
+        assert getattr(config, name) == value
+    # The v1 recipe is that first version's default: what Config() was then.
+    first_default = Config.from_dict({"recipe": "default"})
+    v1 = Config.for_recipe("v1")
+    assert {name: getattr(v1, name) for name in RECIPES["v1"]} == {
+        name: getattr(first_default, name) for name in RECIPES["v1"]
+    }

@@ -4,7 +4,7 @@ from conftest import tiny_config
 
 from tf_diffusion import UsageError, make_model, predict, predict_step
 from tf_diffusion.sampling import Sampler
-from tf_diffusion.schedule import sampling_levels
+from tf_diffusion.schedule import NoiseSchedule, sampling_levels
 
 
 @pytest.mark.parametrize("recipe", ["classic", "default"])
@@ -44,21 +44,35 @@ def test_sampling_steps_can_be_chosen_at_predict_time(steps):
 
 
 def test_sampling_levels_are_spread_from_noise_to_clean():
-    np.testing.assert_array_equal(sampling_levels(1000, 4), [0, 250, 500, 750, 1000])
     config = tiny_config("default", timesteps=1000)
+    schedule = NoiseSchedule.from_config(config)
+    np.testing.assert_array_equal(sampling_levels(schedule, 4), [0, 250, 500, 750, 1000])
+    edm = sampling_levels(schedule, 10, "edm")
+    assert edm[0] == 0 and edm[-1] == 1000 and np.all(np.diff(edm) > 0)
+    assert np.diff(edm)[-2] < np.diff(edm)[5] / 10  # small steps near the clean image
     with pytest.raises(UsageError, match="--sampling-steps 1001 is more than the 1000"):
         predict(make_model(config), config, num=1, sampling_steps=1001)
     with pytest.raises(UsageError, match="--sampling-steps must be at least 1, got 0"):
         predict(make_model(config), config, num=1, sampling_steps=0)
 
 
-def test_a_perfect_noise_predictor_recovers_the_image():
-    """DDIM arithmetic: a model that knows the noise lands exactly on the clean image."""
+@pytest.mark.parametrize("prediction", ["noise", "velocity", "image"])
+@pytest.mark.parametrize(
+    "sampler, spacing",
+    [("ddim", "uniform"), ("dpm-solver++", "uniform"), ("heun", "uniform"), ("ddim", "edm")],
+)
+def test_a_perfect_predictor_recovers_the_image(prediction, sampler, spacing):
+    """Each sampler's arithmetic: a model that knows the clean image lands exactly on it."""
     import tensorflow as tf
 
-    from tf_diffusion.schedule import NoiseSchedule
-
-    config = tiny_config("default", timesteps=100, sampling_steps=10)
+    config = tiny_config(
+        "default",
+        timesteps=100,
+        sampling_steps=10,
+        prediction=prediction,
+        sampler=sampler,
+        spacing=spacing,
+    )
     schedule = NoiseSchedule.from_config(config)
     clean = tf.random.stateless_uniform((2, 32, 32, 3), (1, 2), -0.9, 0.9)
     noise = tf.random.stateless_normal((2, 32, 32, 3), (3, 4))
@@ -67,7 +81,9 @@ def test_a_perfect_noise_predictor_recovers_the_image():
         def __call__(self, inputs, training=False):
             images, levels = inputs
             signal, noise_rate = schedule.rates(tf.cast(levels[:, 0], tf.int32))
-            return (images - signal * clean) / noise_rate
+            noises = (images - signal * clean) / noise_rate
+            targets = {"noise": noises, "velocity": signal * noises - noise_rate * clean}
+            return targets.get(prediction, clean)
 
     sampler = Sampler(Oracle(), config)
     start = schedule.mix(clean, noise, tf.zeros(2, tf.int32))

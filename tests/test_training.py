@@ -8,9 +8,18 @@ from tf_diffusion.schedule import training_pair
 from tf_diffusion.training import RoundDecay, Trainer, TrainingDiverged, fit
 
 
-@pytest.mark.parametrize("recipe", ["classic", "default"])
-def test_train_one_lowers_the_loss_on_a_fixed_batch(recipe):
-    config = tiny_config(recipe, learning_rate=3e-3, ema_decay=0.0)
+@pytest.mark.parametrize(
+    "recipe, options",
+    [
+        ("classic", {}),
+        ("default", {}),
+        ("default", {"prediction": "velocity", "loss_weighting": "min-snr"}),
+        ("default", {"prediction": "image", "loss_weighting": "min-snr"}),
+    ],
+    ids=["classic", "default", "velocity-min-snr", "image-min-snr"],
+)
+def test_train_one_lowers_the_loss_on_a_fixed_batch(recipe, options):
+    config = tiny_config(recipe, learning_rate=3e-3, ema_decay=0.0, **options)
     trainer = Trainer(config)
     images = scale_images(synthetic_images(8))
     levels = tf.constant([0, 1, 2, 3, 4, 5, 6, 7]) % config.timesteps
@@ -56,6 +65,26 @@ def test_trainer_learning_rate_follows_the_step():
         rates.append(trainer.learning_rate)
         trainer.train_one(images)
     assert rates == pytest.approx([1e-3, 1e-3, 5e-4, 5e-4])
+
+
+def test_cosine_learning_rate_warms_up_then_decays_to_the_floor_at_max_steps():
+    config = tiny_config(
+        "default",
+        learning_rate=1e-3,
+        learning_rate_schedule="cosine",
+        warmup_steps=2,
+        max_steps=6,
+        learning_rate_floor=1e-5,
+    )
+    trainer = Trainer(config)
+    images = scale_images(synthetic_images(4))
+    rates = []
+    for _ in range(7):
+        rates.append(trainer.learning_rate)
+        trainer.train_one(images)
+    assert rates[:3] == pytest.approx([0.0, 5e-4, 1e-3])
+    assert rates[2] > rates[3] > rates[4] > rates[5] > rates[6]
+    assert rates[6] == pytest.approx(1e-5)
 
 
 def test_ema_weights_trail_the_trained_weights():

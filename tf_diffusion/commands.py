@@ -19,6 +19,7 @@ from tf_diffusion.config import CIFAR10_CLASS_NAMES, UsageError, parse_grid
 from tf_diffusion.data import load_images, make_dataset
 from tf_diffusion.images import save_gif, save_grid, save_strip, temporary_path, to_uint8
 from tf_diffusion.sampling import Sampler
+from tf_diffusion.schedule import LevelDraw
 from tf_diffusion.training import Progress, Trainer, fit, is_chief, make_strategy
 
 ROUND_SAMPLES = 25
@@ -72,6 +73,8 @@ def train(weights_dir="checkpoints", recipe=None, overrides=None, fresh=False, q
         config.timesteps,
         config.seed,
         start_batch=int(trainer.batches_seen.numpy()),
+        draw=LevelDraw.from_config(config, trainer.schedule),
+        flip=config.flip,
     )
     if config.distribute != "none":
         dataset = strategy.experimental_distribute_dataset(dataset)
@@ -152,6 +155,8 @@ def predict(
     grid=None,
     seed=0,
     sampling_steps=None,
+    sampler=None,
+    spacing=None,
     evaluate=False,
     data=None,
     inception_weights="imagenet",
@@ -162,10 +167,12 @@ def predict(
     of the run's class (from `data`, or the run's own data source).
     """
     rows, columns = parse_grid(grid, num)
-    config, model = load_for_sampling(weights_dir, sampling_steps=sampling_steps)
+    config, model = load_for_sampling(
+        weights_dir, sampling_steps=sampling_steps, sampler=sampler, spacing=spacing
+    )
     real = load_images(data or config.data, config.label) if evaluate else None
-    sampler = Sampler(model, config)
-    images = sampler.sample(num, seed=seed)
+    sampling = Sampler(model, config)
+    images = sampling.sample(num, seed=seed)
     written = []
     if out:
         save_grid(images, out, rows, columns)
@@ -175,18 +182,18 @@ def predict(
         written.append(npz)
     if steps or gif:
         frames_num = min(num, 8)
-        _, frames = sampler.sample(frames_num, seed=seed, keep_frames=True)
+        _, frames = sampling.sample(frames_num, seed=seed, keep_frames=True)
         if steps:
             strip_path = steps_path(out or "outputs/samples.png")
-            strip_frames, strip_levels = thin_frames(frames, sampler.levels)
+            strip_frames, strip_levels = thin_frames(frames, sampling.levels)
             save_strip(strip_frames, strip_levels, strip_path)
             written.append(strip_path)
         if gif:
-            save_gif(frames, sampler.levels, gif)
+            save_gif(frames, sampling.levels, gif)
             written.append(gif)
     print(
-        f"{num} samples from {weights_dir} ({config.recipe} recipe, {sampler.sampling_steps} "
-        f"steps): wrote {', '.join(written) or 'nothing'}",
+        f"{num} samples from {weights_dir} ({config.recipe} recipe, {config.sampler} sampler, "
+        f"{sampling.sampling_steps} steps): wrote {', '.join(written) or 'nothing'}",
         flush=True,
     )
     if evaluate:

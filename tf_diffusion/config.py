@@ -49,12 +49,21 @@ class Config:
     attention: bool = False  # Self-attention at 8x8 (residual U-Net)
     schedule: str = "cosine"  # How signal falls with the level: "linear" or "cosine"
     timesteps: int = 1000  # Number of noise levels; level `timesteps` is the clean image
-    prediction: str = "noise"  # Network target: "next" level's image or the "noise"
+    prediction: str = "noise"  # Network target: "next" level's image, "noise", "velocity", "image"
+    loss_weighting: str = "none"  # Weight of each level in the MAE: "none" or "min-snr"
+    min_snr_gamma: float = 5.0  # The SNR above which "min-snr" stops weighting a level higher
+    level_distribution: str = "uniform"  # Training levels: "uniform" or "log-normal" in log sigma
+    level_mean: float = -1.2  # "log-normal": mean of log(noise / signal), as EDM's P_mean
+    level_std: float = 1.2  # "log-normal": its standard deviation, as EDM's P_std
+    noise_keys: str = "shared"  # Random keys: "tagged" per stream, or v1's "shared" ones
+    flip: bool = False  # Mirror each training image left-right at random (needs tagged keys)
     # Optimisation.
     batch_size: int = 64  # Global batch, split over the replicas
     learning_rate: float = 1e-3  # Adam's rate in the first round
     learning_rate_decay: float = 0.9  # Factor applied to the rate after each round
     learning_rate_floor: float = 1e-6  # The rate never decays below this
+    learning_rate_schedule: str = "rounds"  # "rounds" (x decay per round) or "cosine" to max_steps
+    warmup_steps: int = 0  # Steps of linear warm-up from 0 to learning_rate
     round_steps: int = 5000  # Steps per round: rate decay and a sample grid at each end
     ema_decay: float = 0.999  # EMA of the weights used for sampling; 0 turns it off
     seed: int = 0  # Seeds the initial weights, data order, levels and noise
@@ -66,6 +75,8 @@ class Config:
     keep_checkpoints: int = 3  # Numbered checkpoints kept in the folder
     # Sampling.
     sampling_steps: int = 50  # Denoising steps, from pure noise to the image
+    sampler: str = "ddim"  # "ddim", "dpm-solver++" (2M) or "heun" (EDM; 2 evaluations a step)
+    spacing: str = "uniform"  # Levels visited: "uniform" or "edm" (rho = 7 in sigma)
     # Hardware.
     mixed_precision: bool = False  # mixed_float16 compute with loss scaling (GPU)
     xla: bool = False  # Compile the training step with XLA (GPU)
@@ -83,6 +94,8 @@ class Config:
         "save_every_minutes",
         "keep_checkpoints",
         "sampling_steps",
+        "sampler",
+        "spacing",
         "mixed_precision",
         "xla",
         "distribute",
@@ -99,9 +112,26 @@ class Config:
         for name in AT_LEAST_ONE:
             check_at_least(name, getattr(self, name), 1)
         check_at_least("max_steps", self.max_steps, 0)
+        check_at_least("warmup_steps", self.warmup_steps, 0)
+        check_positive("min_snr_gamma", self.min_snr_gamma)
+        if not 0 < self.level_std < 100 or not -100 < self.level_mean < 100:
+            raise UsageError(
+                f"--level-mean {self.level_mean} and --level-std {self.level_std} must be finite "
+                "numbers, the standard deviation positive"
+            )
+        if self.warmup_steps and self.learning_rate_schedule != "cosine":
+            raise UsageError("--warmup-steps comes with --lr-schedule cosine; add it or drop both")
+        if self.flip and self.noise_keys != "tagged":
+            raise UsageError("--flip draws its own random stream: it needs --noise-keys tagged")
+        if self.prediction == "next" and (
+            self.loss_weighting != "none" or self.sampler != "ddim" or self.spacing != "uniform"
+        ):
+            raise UsageError(
+                f"recipe {self.recipe!r} predicts the next level: it takes every level in turn, "
+                "so --loss-weighting, --sampler and --spacing keep their first choices"
+            )
         check_at_least("save_every_minutes", self.save_every_minutes, 0)
-        if not self.learning_rate > 0:
-            raise UsageError(f"--lr must be positive, got {self.learning_rate}")
+        check_positive("learning_rate", self.learning_rate)
         if not 0 <= self.ema_decay < 1:
             raise UsageError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.prediction == "next" and self.sampling_steps != self.timesteps:
@@ -135,7 +165,14 @@ class Config:
 
     @classmethod
     def from_dict(cls, values):
+        """A config from saved `values`; a setting they lack takes its first version's value.
+
+        A config.json without a setting was written before the setting
+        existed, so the value that reproduces that version is the right one,
+        whatever today's default.
+        """
         values = {key: value for key, value in values.items() if key not in RETIRED_SETTINGS}
+        values = {**FIRST_VERSION, **values}
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -182,6 +219,21 @@ class Config:
         ]
 
 
+# The values of the settings added after the first release that reproduce it.
+FIRST_VERSION = {
+    "loss_weighting": "none",
+    "min_snr_gamma": 5.0,
+    "level_distribution": "uniform",
+    "level_mean": -1.2,
+    "level_std": 1.2,
+    "noise_keys": "shared",
+    "flip": False,
+    "learning_rate_schedule": "rounds",
+    "warmup_steps": 0,
+    "sampler": "ddim",
+    "spacing": "uniform",
+}
+
 # Each recipe is a set of overrides on top of the `Config` field defaults.
 RECIPES = {
     # The improved recipe: cosine schedule with 1000 levels, noise prediction
@@ -189,9 +241,25 @@ RECIPES = {
     # residual blocks with GroupNorm and EMA weights.
     "default": {},
     # The default recipe as it was first released, kept by name for comparisons.
-    "v1": {},
+    "v1": {
+        **FIRST_VERSION,
+        "architecture": "residual",
+        "width": 32,
+        "attention": False,
+        "schedule": "cosine",
+        "timesteps": 1000,
+        "prediction": "noise",
+        "batch_size": 64,
+        "learning_rate": 1e-3,
+        "learning_rate_decay": 0.9,
+        "learning_rate_floor": 1e-6,
+        "round_steps": 5000,
+        "ema_decay": 0.999,
+        "sampling_steps": 50,
+    },
     # The classic "diffusion from scratch" recipe, reproduced exactly.
     "classic": {
+        **FIRST_VERSION,
         "architecture": "classic",
         "width": 128,
         "attention": False,
@@ -213,7 +281,13 @@ CHOICES = {
     "recipe": tuple(RECIPES),
     "architecture": ("classic", "residual"),
     "schedule": ("linear", "cosine"),
-    "prediction": ("next", "noise"),
+    "prediction": ("next", "noise", "velocity", "image"),
+    "loss_weighting": ("none", "min-snr"),
+    "level_distribution": ("uniform", "log-normal"),
+    "noise_keys": ("shared", "tagged"),
+    "learning_rate_schedule": ("rounds", "cosine"),
+    "sampler": ("ddim", "dpm-solver++", "heun"),
+    "spacing": ("uniform", "edm"),
     "distribute": ("none", "mirrored", "multi-worker", "tpu"),
 }
 
@@ -239,7 +313,7 @@ RETIRED_SETTINGS = {
 
 def flag(name):
     """The command-line flag of a `Config` setting."""
-    return "--lr" if name == "learning_rate" else "--" + name.replace("_", "-")
+    return "--" + name.replace("learning_rate", "lr").replace("_", "-")
 
 
 def check_choice(name, value):
@@ -254,6 +328,12 @@ def check_at_least(name, value, minimum):
         name = name if name.startswith("--") else flag(name)
         text = "at least 1" if minimum == 1 else f"{minimum} or more"
         raise UsageError(f"{name} must be {text}, got {value}")
+
+
+def check_positive(name, value):
+    """Raise `UsageError` unless the setting `name` is a number above 0."""
+    if not value > 0:
+        raise UsageError(f"{flag(name)} must be positive, got {value}")
 
 
 def parse_label(value):
@@ -305,12 +385,15 @@ def check_arguments(recipe, overrides):
     check_data_path(overrides.get("data"))
 
 
-def check_predict_arguments(weights_dir, num, grid=None, data=None, sampling_steps=None):
-    """Check predict.py's arguments without TensorFlow: counts, layout, paths, the run's ranges."""
+def check_predict_arguments(weights_dir, num, grid=None, data=None, **changes):
+    """Check predict.py's arguments without TensorFlow: counts, layout, paths, the run's ranges.
+
+    `changes` are the predict-time settings (`sampling_steps`, `sampler`, `spacing`).
+    """
     check_at_least("--num", num, 1)
     parse_grid(grid, num)
     check_data_path(data)
-    load_run_config(weights_dir, sampling_steps=sampling_steps)
+    load_run_config(weights_dir, **changes)
 
 
 def load_run_config(weights_dir, **changes):

@@ -3,7 +3,7 @@
 Every source becomes one uint8 array (N, 32, 32, 3) of a single class, and
 `make_dataset` turns it into the `tf.data` pipeline that feeds training. The
 pipeline also draws each example's level and noise
-(`schedule.draw_levels_and_noises`, keyed by the seed and the batch number),
+(`schedule.LevelDraw`, keyed by the seed and the batch number),
 so that the same batch always gets the same noise whatever the device or the
 number of replicas, and a resumed run continues the exact same stream from
 the batch it had reached.
@@ -22,7 +22,7 @@ from tf_diffusion.config import (
     UsageError,
     missing_data_error,
 )
-from tf_diffusion.schedule import draw_levels_and_noises
+from tf_diffusion.schedule import LevelDraw, NoiseSchedule
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
@@ -157,13 +157,15 @@ def scale_images(images):
     return tf.cast(images, tf.float32) / 127.5 - 1.0
 
 
-def make_dataset(images, batch_size, timesteps, seed=0, start_batch=0):
+def make_dataset(images, batch_size, timesteps, seed=0, start_batch=0, draw=None, flip=False):
     """A repeating, shuffled `tf.data` pipeline of `(images, levels, noises)` batches.
 
     Batch `k` is a pure function of `(seed, k)`: example position `p` of the
     endless stream is image `permutation(seed, p // N)[p % N]`, a fresh
     stateless shuffle of the N images for each epoch, and the levels and
-    noise of batch `k` are `draw_levels_and_noises(seed, k)`.
+    noise of batch `k` are `draw(seed, k)` (a `schedule.LevelDraw`; default:
+    uniform levels in [0, timesteps)). With `flip`, each example is mirrored
+    left to right or not by a stateless coin keyed the same way.
     So the stream does not depend on TensorFlow's global seed or on the
     number of replicas, and a resumed run starts it again at `start_batch`
     (the batches already seen) instead of storing an iterator state: its
@@ -171,13 +173,14 @@ def make_dataset(images, batch_size, timesteps, seed=0, start_batch=0):
     images stay in memory as uint8, so a cache step would add nothing.
     """
     check_batch_size(images, batch_size)
+    draw = draw or LevelDraw(NoiseSchedule("linear", timesteps))
     count = len(images)
     images = tf.constant(images)
     seed = tf.constant(seed, tf.int64)
 
     def permutation(epoch):
         return tf.random.experimental.stateless_shuffle(
-            tf.range(count, dtype=tf.int64), seed=tf.stack([seed, epoch])
+            tf.range(count, dtype=tf.int64), seed=draw.key(seed, "shuffle", epoch)
         )
 
     def make_batch(batch_number):
@@ -187,8 +190,14 @@ def make_dataset(images, batch_size, timesteps, seed=0, start_batch=0):
         first = tf.gather(permutation(epochs[0]), within)
         second = tf.gather(permutation(epochs[0] + 1), within)
         indices = tf.where(epochs == epochs[0], first, second)
-        levels, noises = draw_levels_and_noises(seed, batch_number, batch_size, timesteps)
-        return scale_images(tf.gather(images, indices)), levels, noises
+        batch = scale_images(tf.gather(images, indices))
+        if flip:
+            coins = tf.random.stateless_uniform(
+                (batch_size, 1, 1, 1), draw.key(seed, "flips", batch_number)
+            )
+            batch = tf.where(coins < 0.5, tf.reverse(batch, axis=[2]), batch)
+        levels, noises = draw(seed, batch_number, batch_size)
+        return batch, levels, noises
 
     dataset = tf.data.Dataset.range(int(start_batch), 2**62)  # for as long as training runs
     dataset = dataset.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)

@@ -18,7 +18,14 @@ import tensorflow as tf
 
 from tf_diffusion.config import IMAGE_CHANNELS, IMAGE_SIZE, check_at_least
 from tf_diffusion.model import call_network
-from tf_diffusion.schedule import SAMPLER_STEPS, NoiseSchedule, sampling_levels
+from tf_diffusion.schedule import (
+    SAMPLERS,
+    NoiseSchedule,
+    estimate_clean_and_noise,
+    history_weights,
+    next_level_step,
+    sampling_levels,
+)
 
 # Images denoised together in one call of the compiled loop.
 SAMPLING_BATCH_SIZE = 500
@@ -35,22 +42,42 @@ class Sampler:
         self.model = model
         self.config = config
         self.schedule = NoiseSchedule.from_config(config)
-        self.levels = sampling_levels(config.timesteps, config.sampling_steps)
-        self.sampling_steps = config.sampling_steps
-        self.step = SAMPLER_STEPS[config.prediction]
+        self.levels = sampling_levels(self.schedule, config.sampling_steps, config.spacing)
+        self.sampling_steps = len(self.levels) - 1
+        if config.prediction == "next":
+            self.step = next_level_step
+        else:
+            self.step = SAMPLERS[config.sampler]
+        self.history_weights = history_weights(self.schedule, self.levels)
         self._run = tf.function(self._denoise, jit_compile=jit_compile, reduce_retracing=True)
+
+    def denoise(self, images, level):
+        """The clean image and noise that the network sees in `images` at `level`."""
+        output = call_network(self.model, images, level)
+        if self.config.prediction == "next":
+            return output, output
+        return estimate_clean_and_noise(
+            self.schedule, self.config.prediction, output, images, level
+        )
 
     def _denoise(self, noises, keep_frames):
         levels = tf.constant(self.levels)
+        weights = tf.constant(self.history_weights)
         steps = len(self.levels) - 1
         frames = tf.TensorArray(tf.float32, size=steps + 1 if keep_frames else 0)
         if keep_frames:
             frames = frames.write(0, noises)
-        images = noises
+        images, clean = noises, tf.zeros_like(noises)
         for index in tf.range(steps):
-            level, next_level = levels[index], levels[index + 1]
-            output = call_network(self.model, images, level)
-            images = self.step(self.schedule, output, images, level, next_level)
+            images, clean = self.step(
+                self.denoise,
+                self.schedule,
+                images,
+                levels[index],
+                levels[index + 1],
+                clean,
+                weights[index],
+            )
             if keep_frames:
                 frames = frames.write(index + 1, images)
         return tf.clip_by_value(images, -1.0, 1.0), frames.stack() if keep_frames else images
@@ -73,16 +100,21 @@ class Sampler:
         return images
 
 
-def predict(model, config, num=25, seed=0, sampling_steps=None, batch_size=SAMPLING_BATCH_SIZE):
-    """`num` generated images in [-1, 1], shape (num, 32, 32, 3)."""
-    config = config.replace(sampling_steps=sampling_steps)
+def predict(
+    model, config, num=25, seed=0, sampling_steps=None, batch_size=SAMPLING_BATCH_SIZE, **changes
+):
+    """`num` generated images in [-1, 1], shape (num, 32, 32, 3).
+
+    `changes` are other predict-time settings, such as `sampler` or `spacing`.
+    """
+    config = config.replace(sampling_steps=sampling_steps, **changes)
     return Sampler(model, config).sample(num, seed, batch_size)
 
 
-def predict_step(model, config, num=8, seed=0, sampling_steps=None):
+def predict_step(model, config, num=8, seed=0, sampling_steps=None, **changes):
     """`(images, frames, levels)`: the final images, every step's images
     (shape (steps + 1, num, 32, 32, 3), starting with the noise) and the level of each frame.
     """
-    sampler = Sampler(model, config.replace(sampling_steps=sampling_steps))
+    sampler = Sampler(model, config.replace(sampling_steps=sampling_steps, **changes))
     images, frames = sampler.sample(num, seed, keep_frames=True)
     return images, frames, sampler.levels

@@ -82,20 +82,73 @@ class NoiseSchedule:
 # ---- training
 
 
-def draw_levels_and_noises(seed, batch_number, batch_size, timesteps):
-    """The levels and noise of training batch `batch_number`, a pure function of both numbers.
+# The random streams of training, each keyed by the seed and a number (the
+# epoch for the shuffle, the batch for the rest).
+STREAMS = ("shuffle", "levels", "noise", "flips")
 
-    Stateless random ops keyed by `(seed, batch_number)` give the same draw on
-    any device and any number of replicas, and again after a resume.
+
+def stream_key(seed, stream, number, noise_keys="tagged"):
+    """The stateless key of `stream` for `number`.
+
+    "tagged": `[seed, 4 * number + tag]`, so no two streams ever share a key.
+    "shared" (v1): `[seed, epoch]` for the shuffle and `[seed, 2k]`, `[seed,
+    2k + 1]` for batch k's levels and noise, which can meet the shuffle's.
     """
-    levels = tf.random.stateless_uniform(
-        (batch_size,), tf.stack([seed, 2 * batch_number]), 0, timesteps, dtype=tf.int32
-    )
-    noises = tf.random.stateless_normal(
-        (batch_size, IMAGE_SIZE, IMAGE_SIZE, IMAGE_CHANNELS),
-        tf.stack([seed, 2 * batch_number + 1]),
-    )
-    return levels, noises
+    seed, number = tf.cast(seed, tf.int64), tf.cast(number, tf.int64)
+    if noise_keys == "tagged":
+        return tf.stack([seed, 4 * number + STREAMS.index(stream)])
+    offsets = {"shuffle": number, "levels": 2 * number, "noise": 2 * number + 1}
+    return tf.stack([seed, offsets[stream]])
+
+
+class LevelDraw:
+    """How training draws each batch's levels and noise: a pure function of (seed, batch).
+
+    Stateless random ops give the same draw on any device and any number of
+    replicas, and again after a resume.
+    "uniform": every level in [0, timesteps) alike.
+    "log-normal" (EDM, Karras et al. 2022): log(noise / signal) ~ N(mean, std),
+    taken to the first level whose ratio is at most the one drawn.
+    """
+
+    def __init__(self, schedule, distribution="uniform", mean=-1.2, std=1.2, noise_keys="shared"):
+        check_choice("level_distribution", distribution)
+        self.schedule = schedule
+        self.distribution = distribution
+        self.mean, self.std = float(mean), float(std)
+        self.noise_keys = noise_keys
+        # log(noise / signal) of the trainable levels, falling from level 0 on.
+        with np.errstate(divide="ignore"):
+            ratios = np.log(noise_to_signal(schedule)[: schedule.timesteps])
+        self.log_ratios = tf.constant(-ratios, tf.float32)  # rising, for searchsorted
+
+    @classmethod
+    def from_config(cls, config, schedule=None):
+        return cls(
+            schedule or NoiseSchedule.from_config(config),
+            config.level_distribution,
+            config.level_mean,
+            config.level_std,
+            config.noise_keys,
+        )
+
+    def key(self, seed, stream, number):
+        return stream_key(seed, stream, number, self.noise_keys)
+
+    def __call__(self, seed, batch_number, batch_size):
+        levels_key = self.key(seed, "levels", batch_number)
+        timesteps = self.schedule.timesteps
+        if self.distribution == "uniform":
+            levels = tf.random.stateless_uniform((batch_size,), levels_key, 0, timesteps, tf.int32)
+        else:
+            log_ratios = tf.random.stateless_normal((batch_size,), levels_key, self.mean, self.std)
+            positions = tf.searchsorted(self.log_ratios, -log_ratios)
+            levels = tf.cast(tf.clip_by_value(positions, 0, timesteps - 1), tf.int32)
+        noises = tf.random.stateless_normal(
+            (batch_size, IMAGE_SIZE, IMAGE_SIZE, IMAGE_CHANNELS),
+            self.key(seed, "noise", batch_number),
+        )
+        return levels, noises
 
 
 def training_pair(schedule, prediction, images, levels, noises):
@@ -103,40 +156,170 @@ def training_pair(schedule, prediction, images, levels, noises):
 
     "next" (the classic recipe): the same images one level less noisy.
     "noise": the noise that was mixed in.
+    "velocity" (Salimans & Ho 2022): signal_rate * noise - noise_rate * image.
+    "image": the clean image.
     """
     if prediction == "next":
         return schedule.forward_noise(images, levels, noises)
-    return schedule.mix(images, noises, levels), noises
+    noisy = schedule.mix(images, noises, levels)
+    if prediction == "noise":
+        return noisy, noises
+    if prediction == "velocity":
+        signal, noise = schedule.rates(levels)
+        return noisy, signal * noises - noise * images
+    return noisy, images
+
+
+def signal_to_noise(schedule, levels):
+    """(signal rate / noise rate)**2 at `levels`, shaped to broadcast over images."""
+    signal, noise = schedule.rates(levels)
+    return tf.square(signal / noise)
+
+
+def loss_weights(schedule, prediction, weighting, levels, gamma=5.0):
+    """Each example's weight on the absolute error of its target.
+
+    "none": 1. An absolute error on the noise is sqrt(SNR) times the error on
+    the clean image it implies (on the velocity, sqrt(SNR + 1) times), so
+    plain MAE on the noise weights the clean image by sqrt(SNR) and puts its
+    effort where the noise is too small to matter.
+    "min-snr" (Hang et al. 2023, here for an absolute error): weight the
+    clean-image error by sqrt(min(SNR, gamma)) whatever the target.
+    """
+    if weighting == "none":
+        return tf.ones_like(tf.cast(tf.reshape(levels, (-1, 1, 1, 1)), tf.float32))
+    ratio = signal_to_noise(schedule, levels)
+    weights = tf.sqrt(tf.minimum(ratio, gamma))
+    if prediction == "noise":
+        return weights / tf.sqrt(ratio)
+    if prediction == "velocity":
+        return weights / tf.sqrt(ratio + 1.0)
+    return weights
 
 
 # ---- sampling
 
 
-def sampling_levels(timesteps, sampling_steps):
-    """The `sampling_steps + 1` levels visited, evenly spaced from 0 (noise) to `timesteps`."""
-    return np.round(np.linspace(0, timesteps, sampling_steps + 1)).astype(np.int32)
+def sampling_levels(schedule, sampling_steps, spacing="uniform", rho=7.0):
+    """The levels visited, from 0 (noise) to `timesteps` (clean): `sampling_steps + 1` of them.
+
+    "uniform": evenly spaced levels. "edm" (Karras et al. 2022): noise-to-signal
+    ratios spaced by `rho` from level 0's down to level `timesteps - 1`'s, each
+    rounded to the nearest level, then the clean image; steps that round to
+    the same level are taken once, so there may be fewer.
+    """
+    timesteps = schedule.timesteps
+    if spacing == "uniform" or sampling_steps < 2:
+        return np.round(np.linspace(0, timesteps, sampling_steps + 1)).astype(np.int32)
+    ratios = noise_to_signal(schedule)
+    ramp = np.linspace(0.0, 1.0, sampling_steps)
+    high, low = ratios[0] ** (1 / rho), ratios[timesteps - 1] ** (1 / rho)
+    wanted = (high + ramp * (low - high)) ** rho
+    nearest = np.abs(np.log(ratios[:timesteps, None]) - np.log(wanted[None, :])).argmin(axis=0)
+    return np.unique(np.append(nearest, timesteps)).astype(np.int32)
 
 
-def next_level_step(schedule, output, images, level, next_level):
-    """Classic: the network's output is already the image at the next level."""
-    return output
+def noise_to_signal(schedule):
+    """sigma = noise rate / signal rate at every level, float64 (inf at linear level 0)."""
+    signal = schedule.signal_rates.numpy().astype(np.float64)
+    noise = schedule.noise_rates.numpy().astype(np.float64)
+    with np.errstate(divide="ignore"):
+        return noise / signal
 
 
-def ddim_step(schedule, predicted_noises, images, level, next_level):
-    """Deterministic DDIM (eta 0): estimate the clean image, then re-noise it to `next_level`.
+def history_weights(schedule, levels):
+    """DPM-Solver++(2M)'s weight of the previous clean estimate at each step (0: first order).
+
+    With lambda = log(signal / noise) and h its change over a step, step i
+    uses (1 + w) * D_i - w * D_(i-1) with w = h_i / (2 h_(i-1)). The first step
+    has no history and the last, to the clean image (lambda infinite), is
+    taken in first order, as in Lu et al. (2022).
+    """
+    lambdas = -np.log(noise_to_signal(schedule)[levels[:-1]])
+    steps = np.diff(lambdas)
+    weights = np.zeros(len(levels) - 1)
+    weights[1:-1] = steps[1:] / (2.0 * steps[:-1])
+    return np.nan_to_num(weights, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+
+
+def estimate_clean_and_noise(schedule, prediction, output, images, level):
+    """The clean image (clipped to [-1, 1]) and the noise that the network's output implies."""
+    signal, noise = schedule.rates(tf.reshape(level, (1,)))
+    if prediction == "noise":
+        clean, noises = (images - noise * output) / signal, output
+    elif prediction == "velocity":
+        clean, noises = signal * images - noise * output, noise * images + signal * output
+    else:  # "image"
+        clean, noises = output, (images - signal * output) / noise
+    return tf.clip_by_value(clean, -1.0, 1.0), noises
+
+
+# Each sampler step takes `denoise(images, level) -> (clean, noises)`, the
+# images at `level`, the level to step to, the previous step's clean estimate
+# and its history weight, and returns the images at `next_level` and this
+# step's clean estimate.
+
+
+def ddim_step(denoise, schedule, images, level, next_level, previous_clean, history_weight):
+    """Deterministic DDIM (Song et al. 2021, eta 0): re-noise the clean estimate to `next_level`.
 
     The estimate is clipped to [-1, 1]; the predicted noise is reused as the
-    noise of the next level.
+    noise of the next level. One network evaluation.
+    """
+    clean, noises = denoise(images, level)
+    next_signal, next_noise = schedule.rates(tf.reshape(next_level, (1,)))
+    return next_signal * clean + next_noise * noises, clean
+
+
+def dpm_solver_step(denoise, schedule, images, level, next_level, previous_clean, history_weight):
+    """DPM-Solver++(2M) (Lu et al. 2022), second order from the previous clean estimate.
+
+    x_next = (noise_next / noise) x + (signal_next - signal noise_next / noise) D,
+    with D the clean estimate extrapolated from the previous one. One network
+    evaluation.
+    """
+    clean, _ = denoise(images, level)
+    signal, noise = schedule.rates(tf.reshape(level, (1,)))
+    next_signal, next_noise = schedule.rates(tf.reshape(next_level, (1,)))
+    extrapolated = (1.0 + history_weight) * clean - history_weight * previous_clean
+    ratio = next_noise / noise
+    return ratio * images + (next_signal - ratio * signal) * extrapolated, clean
+
+
+def heun_step(denoise, schedule, images, level, next_level, previous_clean, history_weight):
+    """EDM's second-order Heun step (Karras et al. 2022) in sigma = noise / signal.
+
+    On y = x / signal the flow is dy/dsigma = noise estimate. An Euler step to
+    `next_level`, then (unless that is the clean image) the average of the two
+    slopes. Two network evaluations, one on the last step.
     """
     signal, noise = schedule.rates(tf.reshape(level, (1,)))
     next_signal, next_noise = schedule.rates(tf.reshape(next_level, (1,)))
-    clean = tf.clip_by_value((images - noise * predicted_noises) / signal, -1.0, 1.0)
-    return next_signal * clean + next_noise * predicted_noises
+    clean, _ = denoise(images, level)
+    slope = (images - signal * clean) / noise
+    euler = next_signal * clean + next_noise * slope
+
+    def corrected():
+        next_clean, _ = denoise(euler, next_level)
+        next_slope = (euler - next_signal * next_clean) / next_noise
+        change = next_noise / next_signal - noise / signal
+        return next_signal * (images / signal + change * (slope + next_slope) / 2.0)
+
+    return tf.cond(next_noise[0, 0, 0, 0] > 0, corrected, lambda: euler), clean
 
 
-# One sampling step for each prediction target: the network's output at
-# `level` and the current images to the images at `next_level`.
-SAMPLER_STEPS = {"next": next_level_step, "noise": ddim_step}
+def next_level_step(denoise, schedule, images, level, next_level, previous_clean, history_weight):
+    """Classic: the network's output is already the image at the next level."""
+    output, _ = denoise(images, level)
+    return output, previous_clean
+
+
+SAMPLERS = {"ddim": ddim_step, "dpm-solver++": dpm_solver_step, "heun": heun_step}
+
+
+def network_evaluations(sampler, sampling_steps):
+    """How many times a sampler runs the network per image."""
+    return 2 * sampling_steps - 1 if sampler == "heun" else sampling_steps
 
 
 # ---- the classic recipe's public functions

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from tf_diffusion.config import IMAGE_CHANNELS, IMAGE_SIZE, check_choice
 from tf_diffusion.model import call_network, make_model
-from tf_diffusion.schedule import NoiseSchedule, training_pair
+from tf_diffusion.schedule import NoiseSchedule, loss_weights, training_pair
 
 PIXELS_PER_IMAGE = IMAGE_SIZE * IMAGE_SIZE * IMAGE_CHANNELS
 QUIET_LINE_SECONDS = 60.0
@@ -78,6 +78,29 @@ class RoundDecay(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
+def learning_rate_schedule(config, learning_rate):
+    """The rate at each step: "rounds" of x `learning_rate_decay`, or warm-up then cosine.
+
+    "cosine" rises linearly from 0 over `warmup_steps`, then falls along a
+    half cosine to `learning_rate_floor` at `max_steps` (raising --max-steps
+    on resume stretches what is left of the curve).
+    """
+    if config.learning_rate_schedule == "rounds":
+        return RoundDecay(
+            learning_rate,
+            config.learning_rate_decay,
+            config.round_steps,
+            config.learning_rate_floor,
+        )
+    return keras.optimizers.schedules.CosineDecay(
+        0.0,
+        decay_steps=max(1, config.max_steps - config.warmup_steps),
+        alpha=min(1.0, config.learning_rate_floor / learning_rate),
+        warmup_target=learning_rate,
+        warmup_steps=config.warmup_steps,
+    )
+
+
 @contextlib.contextmanager
 def dtype_policy(name):
     """Build layers under the Keras dtype policy `name`, then put the old one back."""
@@ -108,14 +131,7 @@ class Trainer:
             if config.ema_decay > 0:
                 self.ema_model = make_model(config)
                 self.ema_model.set_weights(self.model.get_weights())
-            self.adam = keras.optimizers.Adam(
-                RoundDecay(
-                    learning_rate,
-                    config.learning_rate_decay,
-                    config.round_steps,
-                    config.learning_rate_floor,
-                )
-            )
+            self.adam = keras.optimizers.Adam(learning_rate_schedule(config, learning_rate))
             self.adam.build(self.model.trainable_variables)
             # `optimizer` applies the gradients; `adam` is the plain Adam inside
             # it, which the checkpoint holds so that float32 and mixed-precision
@@ -166,9 +182,18 @@ class Trainer:
             self.schedule, self.config.prediction, images, levels, noises
         )
         global_batch = tf.shape(images)[0] * self.strategy.num_replicas_in_sync
+        config = self.config
         with tf.GradientTape() as tape:
             outputs = call_network(self.model, inputs, levels, training=True)
             absolute_errors = tf.abs(outputs - targets)
+            if config.loss_weighting != "none":
+                absolute_errors *= loss_weights(
+                    self.schedule,
+                    config.prediction,
+                    config.loss_weighting,
+                    levels,
+                    config.min_snr_gamma,
+                )
             loss = tf.reduce_sum(absolute_errors) / tf.cast(
                 global_batch * PIXELS_PER_IMAGE, tf.float32
             )
