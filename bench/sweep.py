@@ -39,11 +39,29 @@ import quality  # noqa: E402
 VALIDATION_SIZE = 500
 
 # Each variant: the train.py flags that make it, on top of --recipe v1's defaults.
+# BUDGET_STEPS stands for the steps that v1 reached on the same budget, so that
+# a schedule that decays to --max-steps ends where the budget does.
+BUDGET_STEPS = "{budget_steps}"
 VARIANTS = {
     "v1": [],
+    "tagged-keys": ["--noise-keys", "tagged"],
+    "velocity": ["--prediction", "velocity"],
+    "velocity-min-snr": ["--prediction", "velocity", "--loss-weighting", "min-snr"],
+    "noise-min-snr": ["--loss-weighting", "min-snr"],
+    "log-normal": ["--level-distribution", "log-normal", "--noise-keys", "tagged"],
+    "cosine-lr-2e-3": [
+        "--lr-schedule",
+        "cosine",
+        "--warmup-steps",
+        "100",
+        "--lr",
+        "2e-3",
+        "--max-steps",
+        BUDGET_STEPS,
+    ],
+    "flip": ["--flip", "--noise-keys", "tagged"],
     "attention": ["--attention"],
     "lr-2e-3": ["--lr", "2e-3"],
-    "batch-32": ["--batch-size", "32"],
 }
 
 
@@ -116,6 +134,11 @@ def main():
         if os.path.exists(weights_dir):
             sys.exit(f"error: {weights_dir} exists but has no result; move it away first")
         flags = ["--recipe", "v1", *VARIANTS[name]]
+        if BUDGET_STEPS in flags:
+            reached = [row["steps"] for row in rows if row["variant"] == "v1"]
+            if not reached:
+                sys.exit(f"error: variant {name} needs v1's steps; run v1 first")
+            flags[flags.index(BUDGET_STEPS)] = str(reached[0])
         training = argparse.Namespace(**dict(vars(arguments), data=train_path))
         steps, wall, train_command = quality.train(flags, weights_dir, training, log)
         prefix = os.path.join(arguments.out_dir, f"{name}-samples")
