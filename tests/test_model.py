@@ -63,3 +63,24 @@ def test_width_sets_the_size():
     small = make_model(tiny_config("default", width=8)).count_params()
     large = make_model(tiny_config("default", width=16)).count_params()
     assert large > 3 * small
+
+
+def test_the_sinusoidal_embedding_layer_gives_exactly_the_old_lambda_values():
+    """Checkpoints of runs made when it was a `Lambda` must sample exactly as before."""
+    import math
+
+    from tf_diffusion.model import SinusoidalEmbedding
+
+    dimension, timesteps = 32, 1000
+    frequencies = tf.exp(tf.linspace(math.log(1.0), math.log(1000.0), dimension // 2))
+    angular_speeds = 2.0 * math.pi * frequencies
+    levels = tf.reshape(tf.range(timesteps + 1, dtype=tf.float32), (-1, 1))
+    angles = levels / float(timesteps) * angular_speeds
+    expected = tf.concat([tf.sin(angles), tf.cos(angles)], axis=-1)
+
+    layer = SinusoidalEmbedding(dimension, timesteps)
+    np.testing.assert_array_equal(layer(levels), expected)
+    assert layer.weights == []
+    copy = SinusoidalEmbedding.from_config(layer.get_config())
+    assert (copy.dimension, copy.timesteps, copy.name) == (32, 1000, "sinusoidal_embedding")
+    np.testing.assert_array_equal(copy(levels), expected)

@@ -109,17 +109,30 @@ def make_classic_model(width=128):
 # residual
 
 
-def SinusoidalEmbedding(dimension, timesteps):
-    """Sines and cosines of the level's share of the way, at log-spaced frequencies."""
-    frequencies = tf.exp(tf.linspace(math.log(1.0), math.log(1000.0), dimension // 2))
-    angular_speeds = 2.0 * math.pi * frequencies
+@keras.saving.register_keras_serializable(package="tf_diffusion")
+class SinusoidalEmbedding(layers.Layer):
+    """Sines and cosines of the level's share of the way, at log-spaced frequencies.
 
-    def embed(levels):
-        fraction = tf.cast(levels, tf.float32) / float(timesteps)
-        angles = fraction * tf.cast(angular_speeds, tf.float32)
+    It has no weights, so checkpoints written when it was a `Lambda` still load;
+    unlike a `Lambda`, it is saved in a `.keras` file that loads in safe mode.
+    """
+
+    def __init__(self, dimension, timesteps, **keywords):
+        keywords.setdefault("name", "sinusoidal_embedding")
+        super().__init__(**keywords)
+        self.dimension = int(dimension)
+        self.timesteps = int(timesteps)
+        with tf.init_scope():  # the same float32 constants as when this was a Lambda
+            frequencies = tf.exp(tf.linspace(math.log(1.0), math.log(1000.0), self.dimension // 2))
+            self.angular_speeds = (2.0 * math.pi * frequencies).numpy()
+
+    def call(self, levels):
+        fraction = tf.cast(levels, tf.float32) / float(self.timesteps)
+        angles = fraction * tf.constant(self.angular_speeds, tf.float32)
         return tf.concat([tf.sin(angles), tf.cos(angles)], axis=-1)
 
-    return layers.Lambda(embed, name="sinusoidal_embedding")
+    def get_config(self):
+        return {**super().get_config(), "dimension": self.dimension, "timesteps": self.timesteps}
 
 
 def group_count(channels):
