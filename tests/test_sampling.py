@@ -95,3 +95,18 @@ def test_classic_model_cannot_skip_levels():
     config = tiny_config("classic")
     with pytest.raises(UsageError, match="must take all 16 steps"):
         predict(make_model(config), config, sampling_steps=8)
+
+
+@pytest.mark.parametrize("seed", [0, 7, -3, 2**31 - 1])
+def test_sampling_noise_is_stateless_and_bit_identical_to_the_old_generator_draws(seed):
+    """Runs sampled before the noise became stateless give the same images for the same seed."""
+    import tensorflow as tf
+
+    from tf_diffusion.sampling import sampling_noises
+
+    generator = tf.random.Generator.from_seed(seed)  # how Sampler.sample drew it before
+    start = 0
+    for count in [3, 2, 1]:  # batches drawn one after another
+        expected = generator.normal((count, 32, 32, 3)).numpy()
+        np.testing.assert_array_equal(sampling_noises(seed, start, count), expected)
+        start += count

@@ -11,6 +11,9 @@ clean image and takes one step of the run's sampler between each two
 
 The whole denoising loop is one `tf.function` over a batch, with no
 per-step Python or `model.predict` overhead; a large `num` runs in batches.
+The starting noise of each batch is a pure function of the seed and the
+batch's first image (`sampling_noises`), so the exported sampler
+(`export.py`) reproduces these images from the same seed.
 """
 
 import numpy as np
@@ -29,6 +32,32 @@ from tf_diffusion.schedule import (
 
 # Images denoised together in one call of the compiled loop.
 SAMPLING_BATCH_SIZE = 500
+# Philox counter steps that `tf.random.Generator.normal` reserves per value it draws.
+PHILOX_STEPS_PER_VALUE = 256
+PHILOX = 1  # the algorithm number of Philox in TensorFlow's random ops
+IMAGE_VALUES = IMAGE_SIZE * IMAGE_SIZE * IMAGE_CHANNELS
+
+
+def sampling_noises(seed, start, count):
+    """The starting noise of images `start` to `start + count` of a sample drawn with `seed`.
+
+    Bit for bit what `tf.random.Generator.from_seed(seed).normal` gave when the
+    batches were drawn one after another, but stateless: the Philox counter of
+    a batch is worked out from `seed` and `start` (from_seed puts the seed in
+    the counter's low word and its sign in the high word and the key, and each
+    draw moves the counter on by 256 per value). So the same seed gives the
+    same images here and in the exported sampler, without a shared state.
+    """
+    seed = tf.cast(seed, tf.int64)
+    sign = tf.where(seed < 0, tf.constant(-1, tf.int64), tf.constant(0, tf.int64))
+    low = seed + tf.cast(start, tf.int64) * (PHILOX_STEPS_PER_VALUE * IMAGE_VALUES)
+    carry = tf.cast((seed < 0) & (low >= 0), tf.int64)  # the 64-bit low word wrapped around
+    return tf.raw_ops.StatelessRandomNormalV2(
+        shape=tf.stack([count, IMAGE_SIZE, IMAGE_SIZE, IMAGE_CHANNELS]),
+        key=tf.bitcast(tf.reshape(sign, (1,)), tf.uint64),
+        counter=tf.bitcast(tf.stack([low, sign + carry]), tf.uint64),
+        alg=PHILOX,
+    )
 
 
 class Sampler:
@@ -62,8 +91,13 @@ class Sampler:
 
     def _denoise(self, noises, keep_frames):
         levels = tf.constant(self.levels)
-        weights = tf.constant(self.history_weights)
-        steps = len(self.levels) - 1
+        return self.run_steps(noises, levels, tf.constant(self.history_weights), keep_frames)
+
+    def run_steps(self, noises, levels, history_weights, keep_frames=False):
+        """Denoise `noises` from level to level over `levels` (a tensor) with the run's step;
+        the images in [-1, 1], and with `keep_frames` every level's images, else the images again.
+        """
+        steps = tf.shape(levels)[0] - 1
         frames = tf.TensorArray(tf.float32, size=steps + 1 if keep_frames else 0)
         if keep_frames:
             frames = frames.write(0, noises)
@@ -76,7 +110,7 @@ class Sampler:
                 levels[index],
                 levels[index + 1],
                 clean,
-                weights[index],
+                history_weights[index],
             )
             if keep_frames:
                 frames = frames.write(index + 1, images)
@@ -85,11 +119,9 @@ class Sampler:
     def sample(self, num, seed=0, batch_size=SAMPLING_BATCH_SIZE, keep_frames=False):
         """`num` images in [-1, 1], and with `keep_frames` every level's images too."""
         check_at_least("--num", num, 1)
-        generator = tf.random.Generator.from_seed(seed)
         results, all_frames = [], []
         for start in range(0, num, batch_size):
-            count = min(batch_size, num - start)
-            noises = generator.normal((count, IMAGE_SIZE, IMAGE_SIZE, IMAGE_CHANNELS))
+            noises = sampling_noises(seed, start, min(batch_size, num - start))
             images, frames = self._run(noises, keep_frames)
             results.append(images.numpy())
             if keep_frames:
