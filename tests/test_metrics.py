@@ -54,3 +54,36 @@ def test_predict_evaluate_prints_fid_and_kid(tmp_path, npz_path, capsys):
     commands.predict(str(tmp_path / "run"), num=4, out=None, evaluate=True, inception_weights=None)
     output = capsys.readouterr().out
     assert "FID " in output and "KID " in output and "4 generated vs 4 training images" in output
+
+
+def test_fid_equals_the_definition_with_fewer_images_than_dimensions():
+    """Tr sqrt(A B) from the small factors equals Tr sqrt(A^1/2 B A^1/2) from eigh, when N < d."""
+
+    def definition(features_a, features_b):
+        covariance_a = np.cov(features_a, rowvar=False)
+        covariance_b = np.cov(features_b, rowvar=False)
+
+        def root(matrix):
+            values, vectors = np.linalg.eigh(matrix)
+            return (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+
+        root_a = root(covariance_a)
+        mean_term = np.sum((features_a.mean(axis=0) - features_b.mean(axis=0)) ** 2)
+        cross = np.trace(root(root_a @ covariance_b @ root_a))
+        return mean_term + np.trace(covariance_a) + np.trace(covariance_b) - 2 * cross
+
+    first = gaussian_features(40, dimension=64) ** 2
+    second = gaussian_features(60, dimension=64, shift=0.3, scale=1.5, seed=1) ** 2
+    assert frechet_distance(first, second) == pytest.approx(definition(first, second), rel=1e-6)
+
+
+def test_kid_of_two_whole_sets_is_their_unbiased_mmd_computed_once():
+    first, second = gaussian_features(50), gaussian_features(50, shift=0.5, seed=1)
+
+    def kernel(x, y):
+        return (x @ y.T / x.shape[1] + 1) ** 3
+
+    within = sum(kernel(x, x).sum() - np.trace(kernel(x, x)) for x in (first, second))
+    unbiased_mmd = within / (50 * 49) - 2 * kernel(first, second).mean()
+    mean, std = kernel_inception_distance(first, second, subsets=100, subset_size=1000)
+    assert std == 0.0 and mean == pytest.approx(unbiased_mmd, rel=1e-9) and mean > 0

@@ -2,7 +2,8 @@
 
 Features are the 2048-d average-pooled output of `keras.applications.InceptionV3`
 with ImageNet weights (Keras downloads them on first use; pass a local weights
-file for offline use). Images are resized from 32x32 to 299x299 bilinearly.
+file for offline use, or "random" for untrained weights in tests). Images are
+resized from 32x32 to 299x299 bilinearly.
 
 * FID (Heusel et al. 2017): the Frechet distance between Gaussians fitted to
   the two feature sets.
@@ -20,6 +21,7 @@ import tensorflow as tf
 from tf_diffusion.config import UsageError
 
 INCEPTION_SIZE = 299
+RANDOM_WEIGHTS = "random"
 FEATURE_BATCH_SIZE = 50
 
 
@@ -29,6 +31,8 @@ class InceptionFeatures:
     def __init__(self, weights="imagenet"):
         import keras
 
+        if weights == RANDOM_WEIGHTS:
+            weights = None  # untrained: for tests, nothing to download
         try:
             self.network = keras.applications.InceptionV3(
                 include_top=False,
@@ -62,26 +66,30 @@ class InceptionFeatures:
 def frechet_distance(features_a, features_b):
     """FID between two feature sets of shape (N, d)."""
     mean_a, mean_b = features_a.mean(axis=0), features_b.mean(axis=0)
-    covariance_a = np.cov(features_a, rowvar=False)
-    covariance_b = np.cov(features_b, rowvar=False)
-    # Tr(sqrt(A B)) is the sum of the square roots of the eigenvalues of A B,
-    # which are real and non-negative for covariance matrices.
-    eigenvalues = np.linalg.eigvals(covariance_a @ covariance_b)
-    trace_of_root = np.sqrt(np.clip(eigenvalues.real, 0, None)).sum()
-    distance = (
-        np.sum((mean_a - mean_b) ** 2)
-        + np.trace(covariance_a)
-        + np.trace(covariance_b)
-        - 2.0 * trace_of_root
-    )
+    # With the centred sets scaled by 1/sqrt(N - 1), the covariances are
+    # A = a.T a and B = b.T b, and Tr(sqrt(A B)) is the sum of the singular
+    # values of a b.T (the square roots of the eigenvalues of A B), which are
+    # those of Ra Rb.T for the triangular factors of a = Qa Ra and b = Qb Rb.
+    # That is at most (N x N) work where the eigenvalues of A B are (d x d).
+    a = (features_a - mean_a) / np.sqrt(len(features_a) - 1)
+    b = (features_b - mean_b) / np.sqrt(len(features_b) - 1)
+    factor_a, factor_b = np.linalg.qr(a, mode="r"), np.linalg.qr(b, mode="r")
+    trace_of_root = np.linalg.svd(factor_a @ factor_b.T, compute_uv=False).sum()
+    distance = np.sum((mean_a - mean_b) ** 2) + np.sum(a**2) + np.sum(b**2) - 2.0 * trace_of_root
     return float(max(distance, 0.0))
 
 
 def kernel_inception_distance(features_a, features_b, subsets=100, subset_size=1000, seed=0):
-    """KID: mean and standard deviation of the unbiased polynomial MMD^2 over subsets."""
+    """KID: mean and standard deviation of the unbiased polynomial MMD^2 over subsets.
+
+    When a subset is the whole of both sets, every subset gives the same
+    value, so it is computed once (and the standard deviation is 0).
+    """
     size = min(subset_size, len(features_a), len(features_b))
     if size < 2:
         raise UsageError("KID needs at least 2 images on each side; raise --num")
+    if size == len(features_a) == len(features_b):
+        subsets = 1
     dimension = features_a.shape[1]
     random = np.random.default_rng(seed)
     values = []
@@ -96,15 +104,29 @@ def kernel_inception_distance(features_a, features_b, subsets=100, subset_size=1
     return float(np.mean(values)), float(np.std(values))
 
 
+class QualityTracker:
+    """FID and KID of generated images against one fixed set of real images.
+
+    The real images' features are computed once, here, so that each
+    measurement pays only for the generated ones.
+    """
+
+    def __init__(self, real, weights="imagenet"):
+        self.features = InceptionFeatures(weights)
+        self.real_features = self.features(real)
+
+    def __call__(self, generated):
+        generated_features = self.features(generated)
+        kid_mean, kid_std = kernel_inception_distance(generated_features, self.real_features)
+        return {
+            "fid": frechet_distance(generated_features, self.real_features),
+            "kid": kid_mean,
+            "kid_std": kid_std,
+            "generated": len(generated),
+            "real": len(self.real_features),
+        }
+
+
 def evaluate(generated, real, weights="imagenet"):
     """FID and KID of generated images against real ones (uint8 or [-1, 1] float)."""
-    features = InceptionFeatures(weights)
-    generated_features, real_features = features(generated), features(real)
-    kid_mean, kid_std = kernel_inception_distance(generated_features, real_features)
-    return {
-        "fid": frechet_distance(generated_features, real_features),
-        "kid": kid_mean,
-        "kid_std": kid_std,
-        "generated": len(generated),
-        "real": len(real),
-    }
+    return QualityTracker(real, weights)(generated)
