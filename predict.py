@@ -42,8 +42,10 @@ def parse_arguments(argv=None):
     add(
         "--inception-weights",
         default="imagenet",
-        help="InceptionV3 weights for --evaluate: 'imagenet' (downloads) or a local .h5 file",
+        help="InceptionV3 weights for --evaluate: 'imagenet' (downloads), a local .h5 file "
+        "or 'random' (tests)",
     )
+    add("--best", action="store_true", help="use the checkpoint with the lowest --track-kid KID")
     return parser.parse_args(argv)
 
 
@@ -59,6 +61,7 @@ def main(argv=None):
             sampling_steps=arguments["sampling_steps"],
             sampler=arguments["sampler"],
             spacing=arguments["spacing"],
+            best=arguments["best"],
         )
         from tf_diffusion import commands
 

@@ -61,6 +61,17 @@ def parse_arguments(argv=None):
     add("--sampler", choices=CHOICES["sampler"], help="sampler of the round grids")
     add("--spacing", choices=CHOICES["spacing"], help="levels the sampler visits")
     add("--steps-per-call", type=int, help="training steps per compiled call (default 1)")
+    add(
+        "--track-kid",
+        type=int,
+        metavar="N",
+        help="at each round end, KID and FID of N samples vs N training images, and best/ (0: off)",
+    )
+    add(
+        "--inception-weights",
+        help="InceptionV3 weights for --track-kid: imagenet (default; downloads), an .h5 file "
+        "or random (tests)",
+    )
     switch("--mixed-precision", "mixed_float16 compute with loss scaling (GPU)")
     switch("--xla", "compile the training step with XLA (GPU)")
     add("--distribute", choices=CHOICES["distribute"], help="tf.distribute strategy (default none)")

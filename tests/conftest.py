@@ -1,3 +1,4 @@
+import importlib.util
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -55,3 +56,28 @@ def npz_path(tmp_path, images):
     path = tmp_path / "cars.npz"
     np.savez(path, x=images)
     return str(path)
+
+
+def script_main(name):
+    """The `main(argv)` of a script of the repository (train.py, predict.py), run in-process."""
+    spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(REPOSITORY, name))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.fixture(scope="session")
+def tracked_run(tmp_path_factory):
+    """A tiny run trained to step 4 with round ends at steps 2 and 4 and --track-kid 4, on
+    random-weight InceptionV3 (nothing is downloaded). Tests read it; none may change it.
+    """
+    from tf_diffusion import commands
+
+    folder = tmp_path_factory.mktemp("tracked")
+    data = folder / "images.npz"
+    np.savez(data, x=synthetic_images())
+    settings = tiny_settings(
+        data=str(data), max_steps=4, round_steps=2, track_kid=4, inception_weights="random"
+    )
+    commands.train(str(folder / "run"), None, settings, quiet=True)
+    return folder / "run"

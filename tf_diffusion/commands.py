@@ -15,11 +15,12 @@ from tf_diffusion.checkpoint import (
     load_for_sampling,
     resolve_config,
 )
-from tf_diffusion.config import CIFAR10_CLASS_NAMES, UsageError, parse_grid
+from tf_diffusion.config import CIFAR10_CLASS_NAMES, UsageError, best_run_directory, parse_grid
 from tf_diffusion.data import load_images, make_dataset
 from tf_diffusion.images import save_gif, save_grid, save_strip, temporary_path, to_uint8
 from tf_diffusion.sampling import Sampler
 from tf_diffusion.schedule import LevelDraw
+from tf_diffusion.tracking import KidTracker
 from tf_diffusion.training import Progress, Trainer, fit, is_chief, make_strategy
 
 ROUND_SAMPLES = 25
@@ -90,7 +91,7 @@ def train(weights_dir="checkpoints", recipe=None, overrides=None, fresh=False, q
     if chief:
         writer = tf.summary.create_file_writer(os.path.join(weights_dir, "logs"))
         progress = Progress(start_step, config.max_steps, config.batch_size, quiet, writer)
-        on_round_end = round_sampler(trainer, config, progress)
+        on_round_end = round_sampler(trainer, config, progress, images)
 
     def save_unless_saved(step):
         if step > max(start_step, store.latest_step):
@@ -131,9 +132,12 @@ def train(weights_dir="checkpoints", recipe=None, overrides=None, fresh=False, q
     return step
 
 
-def round_sampler(trainer, config, progress):
-    """The chief's round-end callback: a grid of samples as a PNG and in TensorBoard."""
+def round_sampler(trainer, config, progress, images):
+    """The chief's round-end callback: a grid of samples as a PNG and in TensorBoard,
+    and with --track-kid, KID and FID against the training `images` and the best checkpoint.
+    """
     sampler = Sampler(trainer.sampling_model, config)  # compiled once, used at each round end
+    track = KidTracker(trainer, config, images, sampler, progress) if config.track_kid else None
 
     def write_samples(step):
         samples = sampler.sample(ROUND_SAMPLES, seed=config.seed)
@@ -141,6 +145,8 @@ def round_sampler(trainer, config, progress):
         save_grid(samples, path, title=f"{config.recipe} recipe, step {step}")
         progress.samples(step, samples)
         progress.message(f"step {step}: wrote {path}")
+        if track is not None:
+            track(step)
 
     return write_samples
 
@@ -160,12 +166,17 @@ def predict(
     evaluate=False,
     data=None,
     inception_weights="imagenet",
+    best=False,
 ):
     """Sample `num` images from the run in `weights_dir` and write the requested files.
 
     With `evaluate`, also print FID and KID against as many training images
-    of the run's class (from `data`, or the run's own data source).
+    of the run's class (from `data`, or the run's own data source). With
+    `best`, sample from the checkpoint with the lowest KID that --track-kid
+    kept.
     """
+    if best:
+        weights_dir = best_run_directory(weights_dir)
     rows, columns = parse_grid(grid, num)
     config, model = load_for_sampling(
         weights_dir, sampling_steps=sampling_steps, sampler=sampler, spacing=spacing

@@ -27,6 +27,7 @@ CIFAR10_CLASS_NAMES = (
 )
 
 CONFIG_FILENAME = "config.json"
+BEST_FOLDER = "best"  # in the weights folder: the checkpoint with the lowest tracked KID
 IMAGE_SIZE = 32
 IMAGE_CHANNELS = 3
 
@@ -77,6 +78,9 @@ class Config:
     sampling_steps: int = 50  # Denoising steps, from pure noise to the image
     sampler: str = "ddim"  # "ddim", "dpm-solver++" (2M) or "heun" (EDM; 2 evaluations a step)
     spacing: str = "uniform"  # Levels visited: "uniform" or "edm" (rho = 7 in sigma)
+    # Quality tracking.
+    track_kid: int = 0  # KID and FID of N samples vs N training images at each round end; 0 is off
+    inception_weights: str = "imagenet"  # InceptionV3 weights: "imagenet", a .h5 file or "random"
     # Hardware.
     mixed_precision: bool = False  # mixed_float16 compute with loss scaling (GPU)
     xla: bool = False  # Compile the training step with XLA (GPU)
@@ -96,6 +100,8 @@ class Config:
         "sampling_steps",
         "sampler",
         "spacing",
+        "track_kid",
+        "inception_weights",
         "mixed_precision",
         "xla",
         "distribute",
@@ -138,6 +144,13 @@ class Config:
             raise UsageError(
                 f"--sampling-steps {self.sampling_steps}: a model that predicts the next level "
                 f"(recipe {self.recipe!r}) must take all {self.timesteps} steps; leave the flag out"
+            )
+        if self.track_kid == 1 or self.track_kid < 0:
+            raise UsageError(f"--track-kid must be 0 (off) or at least 2, got {self.track_kid}")
+        if self.track_kid and self.distribute == "multi-worker":
+            raise UsageError(
+                "--track-kid is not available with --distribute multi-worker (every worker would "
+                "have to save the best checkpoint); leave it out"
             )
         if self.sampling_steps > self.timesteps:
             raise UsageError(
@@ -184,14 +197,7 @@ class Config:
 
     def save(self, directory):
         """Write config.json into `directory` atomically (a reader never sees half a file)."""
-        path = os.path.join(directory, CONFIG_FILENAME)
-        temporary = path + ".tmp"
-        with open(temporary, "w") as file:
-            json.dump(self.to_dict(), file, indent=2, sort_keys=True)
-            file.write("\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
+        write_json(os.path.join(directory, CONFIG_FILENAME), self.to_dict())
 
     @classmethod
     def load(cls, directory):
@@ -232,6 +238,8 @@ FIRST_VERSION = {
     "warmup_steps": 0,
     "sampler": "ddim",
     "spacing": "uniform",
+    "track_kid": 0,
+    "inception_weights": "imagenet",
 }
 
 # Each recipe is a set of overrides on top of the `Config` field defaults.
@@ -311,6 +319,17 @@ RETIRED_SETTINGS = {
 }
 
 
+def write_json(path, values):
+    """Write `values` as JSON to `path` atomically: a temporary file, synced, then renamed."""
+    temporary = path + ".tmp"
+    with open(temporary, "w") as file:
+        json.dump(values, file, indent=2, sort_keys=True)
+        file.write("\n")
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+
+
 def flag(name):
     """The command-line flag of a `Config` setting."""
     return "--" + name.replace("learning_rate", "lr").replace("_", "-")
@@ -379,13 +398,23 @@ def parse_grid(text, count=None):
     return int(parts[0]), int(parts[1])
 
 
+def check_inception_weights(weights):
+    """Raise `UsageError` unless `weights` is 'imagenet', 'random' or an existing file."""
+    if weights not in (None, "imagenet", "random") and not os.path.isfile(weights):
+        raise UsageError(
+            f"--inception-weights {weights}: no such file; give 'imagenet' (downloaded once), "
+            "the path of inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5, or 'random'"
+        )
+
+
 def check_arguments(recipe, overrides):
     """Check train.py's settings without TensorFlow: ranges, the label, the data path."""
     Config.for_recipe(recipe or "default", **overrides)
     check_data_path(overrides.get("data"))
+    check_inception_weights(overrides.get("inception_weights"))
 
 
-def check_predict_arguments(weights_dir, num, grid=None, data=None, **changes):
+def check_predict_arguments(weights_dir, num, grid=None, data=None, best=False, **changes):
     """Check predict.py's arguments without TensorFlow: counts, layout, paths, the run's ranges.
 
     `changes` are the predict-time settings (`sampling_steps`, `sampler`, `spacing`).
@@ -393,7 +422,20 @@ def check_predict_arguments(weights_dir, num, grid=None, data=None, **changes):
     check_at_least("--num", num, 1)
     parse_grid(grid, num)
     check_data_path(data)
+    if best:
+        weights_dir = best_run_directory(weights_dir)
     load_run_config(weights_dir, **changes)
+
+
+def best_run_directory(weights_dir):
+    """The folder of the best checkpoint that --track-kid keeps in `weights_dir`."""
+    best = os.path.join(weights_dir, BEST_FOLDER)
+    if os.path.isdir(weights_dir) and not os.path.isfile(os.path.join(best, CONFIG_FILENAME)):
+        raise UsageError(
+            f"--best: --weights-dir {weights_dir} has no best checkpoint; "
+            "train it with --track-kid N to keep one"
+        )
+    return best
 
 
 def load_run_config(weights_dir, **changes):

@@ -280,11 +280,10 @@ class Progress:
         images_per_second = steps_done * self.batch_size / elapsed if elapsed > 0 else 0.0
         seconds_per_step = elapsed / steps_done if steps_done else 0.0
         eta = seconds_per_step * (self.max_steps - step)
-        if self.writer is not None:
-            with self.writer.as_default(step=step):
-                tf.summary.scalar("loss", loss)
-                tf.summary.scalar("learning_rate", learning_rate)
-                tf.summary.scalar("images_per_second", images_per_second)
+        self.scalars(
+            step,
+            {"loss": loss, "learning_rate": learning_rate, "images_per_second": images_per_second},
+        )
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
             self.bar.set_postfix(
@@ -311,6 +310,13 @@ class Progress:
             with self.writer.as_default(step=step):
                 pictures = tf.clip_by_value((images[:most] + 1.0) / 2.0, 0.0, 1.0)
                 tf.summary.image("samples", pictures, max_outputs=most)
+
+    def scalars(self, step, values):
+        """Write each of `values` (a name to a number) to TensorBoard at `step`."""
+        if self.writer is not None:
+            with self.writer.as_default(step=step):
+                for name, value in values.items():
+                    tf.summary.scalar(name, value)
 
     def message(self, text):
         if self.bar is not None:
