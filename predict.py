@@ -4,6 +4,7 @@
 python predict.py --steps
 python predict.py --weights-dir W --num 1000 --npz samples.npz --sampling-steps 25
 python predict.py --weights-dir W --num 1000 --evaluate
+python predict.py --weights-dir W --best --export exported/cars
 """
 
 import argparse
@@ -46,6 +47,11 @@ def parse_arguments(argv=None):
         "or 'random' (tests)",
     )
     add("--best", action="store_true", help="use the checkpoint with the lowest --track-kid KID")
+    add(
+        "--export",
+        metavar="DIR",
+        help="instead of sampling, write DIR/generator (SavedModel), DIR/unet.keras, DIR/README.md",
+    )
     return parser.parse_args(argv)
 
 
@@ -61,7 +67,9 @@ def main(argv=None):
             sampling_steps=arguments["sampling_steps"],
             sampler=arguments["sampler"],
             spacing=arguments["spacing"],
+            seed=arguments["seed"],
             best=arguments["best"],
+            export=arguments["export"],
         )
         from tf_diffusion import commands
 

@@ -123,10 +123,12 @@ def test_best_moves_only_to_a_lower_kid_measured_the_same_way(tmp_path, monkeypa
     "script, arguments, fragments",
     [
         ("predict.py", ["--best"], ["--best: --weights-dir", "has no best checkpoint"]),
+        ("predict.py", ["--seed", "2147483648"], ["--seed 2147483648 is out of range"]),
+        ("predict.py", ["--export", "RUN"], ["run already exists and is not an empty folder"]),
         ("train.py", ["--track-kid", "1"], ["--track-kid must be 0 (off) or at least 2, got 1"]),
         ("train.py", ["--inception-weights", "x.h5"], ["--inception-weights x.h5: no such file"]),
     ],
-    ids=["best", "track-kid", "inception-weights"],
+    ids=["best", "seed", "export", "track-kid", "inception-weights"],
 )
 def test_new_flags_are_checked_before_tensorflow_loads(tmp_path, script, arguments, fragments):
     import shutil
@@ -136,6 +138,7 @@ def test_new_flags_are_checked_before_tensorflow_loads(tmp_path, script, argumen
 
     run_folder = tmp_path / "run"
     shutil.copytree(os.path.join(REPOSITORY, "tests", "data", "legacy-run"), run_folder)
+    arguments = [str(run_folder) if argument == "RUN" else argument for argument in arguments]
     result = run_without_tensorflow(tmp_path, script, "--weights-dir", run_folder, *arguments)
     assert result.stderr.count("\n") == 1, result.stderr  # exactly one line
     assert_usage_error(result, *fragments)

@@ -210,11 +210,17 @@ def quarantine(path):
 
 def load_for_sampling(directory, **changes):
     """The config (with predict-time `changes`) and sampling model of the run in `directory`."""
+    config, model, _ = load_sampling_checkpoint(directory, **changes)
+    return config, model
+
+
+def load_sampling_checkpoint(directory, **changes):
+    """`load_for_sampling`, and the step of the checkpoint it restored."""
     config = load_run_config(directory, **changes)
     if not has_checkpoint(directory):
         raise no_checkpoint_error(directory)
     model = make_model(config)
     name = "ema_model" if config.ema_decay > 0 else "model"
     store = CheckpointStore(directory, {name: model})
-    store.restore(expect_partial=True)
-    return config, model
+    path = store.restore(expect_partial=True)
+    return config, model, checkpoint_step(path)

@@ -17,6 +17,7 @@ from tf_diffusion.checkpoint import (
 )
 from tf_diffusion.config import CIFAR10_CLASS_NAMES, UsageError, best_run_directory, parse_grid
 from tf_diffusion.data import load_images, make_dataset
+from tf_diffusion.export import export_run
 from tf_diffusion.images import save_gif, save_grid, save_strip, temporary_path, to_uint8
 from tf_diffusion.sampling import Sampler
 from tf_diffusion.schedule import LevelDraw
@@ -167,14 +168,18 @@ def predict(
     data=None,
     inception_weights="imagenet",
     best=False,
+    export=None,
 ):
     """Sample `num` images from the run in `weights_dir` and write the requested files.
 
     With `evaluate`, also print FID and KID against as many training images
     of the run's class (from `data`, or the run's own data source). With
     `best`, sample from the checkpoint with the lowest KID that --track-kid
-    kept.
+    kept. With `export`, write the exported model into that folder instead.
     """
+    if export:
+        changes = {"sampling_steps": sampling_steps, "sampler": sampler, "spacing": spacing}
+        return export_run(weights_dir, export, best, **changes)
     if best:
         weights_dir = best_run_directory(weights_dir)
     rows, columns = parse_grid(grid, num)

@@ -407,6 +407,14 @@ def check_inception_weights(weights):
         )
 
 
+def check_seed(seed):
+    """Raise `UsageError` unless `seed` fits the int32 seed of the exported sampler."""
+    if not -(2**31) <= seed < 2**31:
+        raise UsageError(
+            f"--seed {seed} is out of range; use a number from {-(2**31)} to {2**31 - 1}"
+        )
+
+
 def check_arguments(recipe, overrides):
     """Check train.py's settings without TensorFlow: ranges, the label, the data path."""
     Config.for_recipe(recipe or "default", **overrides)
@@ -414,17 +422,31 @@ def check_arguments(recipe, overrides):
     check_inception_weights(overrides.get("inception_weights"))
 
 
-def check_predict_arguments(weights_dir, num, grid=None, data=None, best=False, **changes):
+def check_predict_arguments(
+    weights_dir, num, grid=None, data=None, seed=0, best=False, export=None, **changes
+):
     """Check predict.py's arguments without TensorFlow: counts, layout, paths, the run's ranges.
 
     `changes` are the predict-time settings (`sampling_steps`, `sampler`, `spacing`).
     """
     check_at_least("--num", num, 1)
+    check_seed(seed)
     parse_grid(grid, num)
     check_data_path(data)
     if best:
         weights_dir = best_run_directory(weights_dir)
     load_run_config(weights_dir, **changes)
+    if export:
+        check_export_folder(export)
+
+
+def check_export_folder(directory):
+    """Raise `UsageError` if `directory` exists and is not an empty folder."""
+    if os.path.exists(directory) and (not os.path.isdir(directory) or os.listdir(directory)):
+        raise UsageError(
+            f"--export {directory} already exists and is not an empty folder; "
+            "choose a new folder (nothing is overwritten)"
+        )
 
 
 def best_run_directory(weights_dir):

@@ -1,0 +1,284 @@
+"""Take a trained run anywhere: the whole sampler as a SavedModel, the U-Net as a `.keras` file.
+
+`export_run(weights_dir, directory)` (`predict.py --export DIR`) writes
+
+* `generator/`: a TensorFlow SavedModel of the whole sampler, written with
+  Keras' `ExportArchive`: the sampling U-Net (EMA weights), the noise
+  schedule and the denoising loop. It runs the very code of `predict.py`
+  (`Sampler.run_steps` with the run's sampler step from `schedule.SAMPLERS`,
+  the stateless noise of `sampling.sampling_noises`), and it holds the
+  levels and history weights that `schedule.sampling_levels` and
+  `schedule.history_weights` give for every step count, so the same seed and
+  steps give the same images. Loading it needs TensorFlow only:
+
+      generator = tf.saved_model.load("DIR/generator")
+      images = generator.generate(num=16, seed=0, steps=25)  # uint8, (16, 32, 32, 3)
+
+  `steps` 0 takes the run's default. A model that predicts the next level
+  (the classic recipe) must take all its levels: its `steps` must be 0 or
+  `timesteps`. The `serving_default` signature, for TF Serving, takes the
+  same int32 inputs `num`, `seed` and `steps` and returns `{"images": uint8}`.
+* `unet.keras`: the sampling U-Net in Keras' own format. It loads with
+  `keras.saving.load_model` in safe mode once `tf_diffusion.model` is
+  imported (which registers its one custom layer, `SinusoidalEmbedding`).
+* `README.md`: a model card, ready for the Hugging Face Hub.
+
+The folder is written under a temporary name and renamed once complete: an
+existing folder is never overwritten, and a failed export leaves no `DIR`.
+"""
+
+import os
+import shutil
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_diffusion.checkpoint import load_sampling_checkpoint
+from tf_diffusion.config import (
+    CIFAR10_CLASS_NAMES,
+    IMAGE_CHANNELS,
+    IMAGE_SIZE,
+    best_run_directory,
+    check_export_folder,
+)
+from tf_diffusion.sampling import SAMPLING_BATCH_SIZE, Sampler, sampling_noises
+from tf_diffusion.schedule import history_weights, sampling_levels
+from tf_diffusion.tracking import record_at
+
+# How the model card names the samplers and what the network predicts.
+SAMPLER_NAMES = {
+    "ddim": "deterministic DDIM",
+    "dpm-solver++": "DPM-Solver++(2M)",
+    "heun": "EDM's Heun (2 network evaluations a step)",
+}
+NETWORK_OUTPUTS = {
+    "next": "the next level's images",
+    "noise": "the noise in them",
+    "velocity": "the velocity (signal rate x noise - noise rate x image)",
+    "image": "the clean images",
+}
+GENERATOR_FOLDER = "generator"
+KERAS_FILENAME = "unet.keras"
+CARD_FILENAME = "README.md"
+
+
+def step_tables(sampler, config):
+    """The levels and history weights of every allowed step count, as ragged tensors whose
+    row `steps - first` is for `steps`; and `first`, the smallest step count allowed.
+
+    A model that predicts the next level takes all its levels, so it has one row.
+    """
+    first = config.timesteps if config.prediction == "next" else 1
+    levels = [
+        sampling_levels(sampler.schedule, steps, config.spacing)
+        for steps in range(first, config.timesteps + 1)
+    ]
+    weights = [history_weights(sampler.schedule, row) for row in levels]
+
+    def ragged(rows):
+        return tf.RaggedTensor.from_row_lengths(
+            tf.constant(np.concatenate(rows)), [len(row) for row in rows]
+        )
+
+    return ragged(levels), ragged(weights), first
+
+
+def make_generator(model, config):
+    """`(generate, serve)`: the whole sampler of `model` as two `tf.function`s of int32 scalars
+    `num`, `seed` and `steps`; `generate` returns the uint8 images, `serve` `{"images": ...}`.
+    """
+    sampler = Sampler(model, config)
+    level_table, weight_table, first = step_tables(sampler, config)
+    timesteps, default_steps = config.timesteps, config.sampling_steps
+    signature = [tf.TensorSpec((), tf.int32, name=name) for name in ("num", "seed", "steps")]
+
+    def check(num, steps):
+        checks = [tf.debugging.assert_positive(num, message="num must be at least 1")]
+        if config.prediction == "next":
+            checks.append(
+                tf.debugging.assert_equal(
+                    steps,
+                    timesteps,
+                    message=f"steps: this model predicts the next level, so it takes all "
+                    f"{timesteps} steps; pass 0 or {timesteps}",
+                )
+            )
+        else:
+            message = f"steps must be from 1 to {timesteps} (0 takes the default, {default_steps})"
+            checks.append(tf.debugging.assert_greater_equal(steps, 1, message=message))
+            checks.append(tf.debugging.assert_less_equal(steps, timesteps, message=message))
+        return checks
+
+    @tf.function(input_signature=signature)
+    def generate(num, seed, steps):
+        """`num` uint8 images (num, 32, 32, 3) from the noise of `seed`, in `steps` steps."""
+        steps = tf.where(steps == 0, default_steps, steps)
+        with tf.control_dependencies(check(num, steps)):
+            levels, weights = level_table[steps - first], weight_table[steps - first]
+        batches = tf.TensorArray(
+            tf.uint8,
+            size=0,
+            dynamic_size=True,
+            infer_shape=False,
+            element_shape=(None, IMAGE_SIZE, IMAGE_SIZE, IMAGE_CHANNELS),
+        )
+        # The same batches as `Sampler.sample`, so the same noise.
+        for index in tf.range((num + SAMPLING_BATCH_SIZE - 1) // SAMPLING_BATCH_SIZE):
+            start = index * SAMPLING_BATCH_SIZE
+            noises = sampling_noises(seed, start, tf.minimum(SAMPLING_BATCH_SIZE, num - start))
+            images, _ = sampler.run_steps(noises, levels, weights)
+            batches = batches.write(index, to_uint8(images))
+        return batches.concat()
+
+    @tf.function(input_signature=signature)
+    def serve(num, seed, steps):
+        return {"images": generate(num, seed, steps)}
+
+    return generate, serve
+
+
+def to_uint8(images):
+    """Images in [-1, 1] to uint8 0..255 inside the graph, rounded as `images.to_uint8` does."""
+    scaled = tf.clip_by_value((images + 1.0) * 127.5, 0.0, 255.0)
+    return tf.cast(tf.round(scaled), tf.uint8)
+
+
+def save_generator(model, config, path):
+    """Write the SavedModel sampler of `model` to `path` with Keras' `ExportArchive`."""
+    generate, serve = make_generator(model, config)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    for name, function in (("serving_default", serve), ("generate", generate)):
+        function.get_concrete_function()  # traced once, for its signature
+        archive.add_endpoint(name, function)
+    archive.write_out(path, verbose=False)
+
+
+def export_run(weights_dir, directory, best=False, say=print, **changes):
+    """Write the generator, `unet.keras` and the model card of the run in `weights_dir`
+    (its best checkpoint with `best`) into the new folder `directory`; return its path.
+
+    `changes` are predict-time settings (`sampling_steps`, `sampler`, `spacing`):
+    the generator's defaults.
+    """
+    source = best_run_directory(weights_dir) if best else weights_dir
+    config, model, step = load_sampling_checkpoint(source, **changes)
+    directory = directory.rstrip(os.sep) or directory
+    check_export_folder(directory)
+    parent, name = os.path.split(os.path.abspath(directory))
+    os.makedirs(parent, exist_ok=True)
+    partial = tempfile.mkdtemp(prefix=f"{name}.partial-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(partial, 0o777 & ~umask)  # as a plain new folder, not mkdtemp's 0700
+    try:
+        save_generator(model, config, os.path.join(partial, GENERATOR_FOLDER))
+        model.save(os.path.join(partial, KERAS_FILENAME))
+        card = model_card(config, model, step, record_at(weights_dir, step), best)
+        with open(os.path.join(partial, CARD_FILENAME), "w") as file:
+            file.write(card)
+        try:
+            os.rename(partial, directory)  # replaces an empty folder, never a full one
+        except OSError:
+            check_export_folder(directory)  # written meanwhile: say so
+            raise
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    say(
+        f"Exported step {step} of {source} ({config.recipe} recipe) to {directory}: "
+        f"{GENERATOR_FOLDER}/ (SavedModel), {KERAS_FILENAME}, {CARD_FILENAME}",
+        flush=True,
+    )
+    return directory
+
+
+def model_card(config, model, step, record=None, best=False):
+    """The export's README.md: what the model is, how it was trained, and how to use it."""
+    class_name = CIFAR10_CLASS_NAMES[config.label]
+    if config.data in ("", "tfds"):
+        data = f"the CIFAR-10 train split (tensorflow-datasets), class {config.label} only"
+    else:
+        data = f"`{os.path.basename(config.data.rstrip(os.sep))}` (class {config.label})"
+    if config.prediction == "next":
+        sampler = (
+            f"all {config.timesteps} levels; the network predicts the next, less noisy image. "
+            f"`steps` must be 0 or {config.timesteps}"
+        )
+    else:
+        sampler = (
+            f"{SAMPLER_NAMES[config.sampler]}, {config.sampling_steps} steps over "
+            f"{config.spacing}-spaced levels by default (`steps` 0); any `steps` from 1 to "
+            f"{config.timesteps}"
+        )
+    weights = f"EMA of the weights ({config.ema_decay})" if config.ema_decay > 0 else "trained"
+    quality = "not measured at this step (train with `--track-kid N` to measure it)"
+    if record:
+        quality = (
+            f"FID {record['fid']:.4g}, KID {record['kid']:.4g}: {record['samples']} samples "
+            f"({record['sampling_steps']} steps) against {record['real']} training images, on "
+            f"Keras InceptionV3 features ({record['inception_weights']} weights), measured by "
+            "`--track-kid` during training. Compare it with other runs of tf-diffusion, not "
+            "with published FIDs (another Inception network, fewer images)"
+        )
+    rows = [
+        ("recipe", f"{config.recipe} ({config.architecture} U-Net, width {config.width})"),
+        ("parameters", f"{model.count_params():,}"),
+        ("class", f"{config.label} ({class_name})"),
+        ("steps trained", f"{step:,}" + (" (the checkpoint with the lowest KID)" if best else "")),
+        ("images seen", f"{step * config.batch_size:,} ({step:,} steps of {config.batch_size})"),
+        ("data", data),
+        ("noise levels", f"{config.timesteps}, {config.schedule} schedule"),
+        ("sampler", sampler),
+        ("weights", weights),
+        ("quality", quality),
+    ]
+    table = "\n".join(f"| {name} | {value} |" for name, value in rows)
+    steps = 0 if config.prediction == "next" else config.sampling_steps
+    output = NETWORK_OUTPUTS[config.prediction]
+    return f"""---
+pipeline_tag: unconditional-image-generation
+tags:
+- diffusion
+- tensorflow
+- keras
+- cifar10
+---
+
+# tf-diffusion: {class_name}s, {config.recipe} recipe
+
+A small diffusion model that turns gaussian noise into 32x32 pictures of
+CIFAR-10 {class_name}s, trained with tf-diffusion (Keras and TensorFlow).
+
+| | |
+| --- | --- |
+{table}
+
+## Sample
+
+Only TensorFlow is needed:
+
+```python
+import tensorflow as tf
+generator = tf.saved_model.load("{GENERATOR_FOLDER}")
+images = generator.generate(num=16, seed=0, steps={steps}).numpy()  # uint8, (16, 32, 32, 3)
+```
+
+The same `seed` and `steps` always give the same images, the images that
+`python predict.py --num 16 --seed 0` gives from the training run. `steps`
+0 takes the default.
+
+## Files
+
+* `{GENERATOR_FOLDER}/`: a TensorFlow SavedModel of the whole sampler (the
+  U-Net, the noise schedule, the denoising loop). For TF Serving, its
+  `serving_default` signature takes the int32 scalars `num`, `seed` and
+  `steps` and returns `images`, uint8 of shape (num, 32, 32, 3).
+* `{KERAS_FILENAME}`: the U-Net alone, in Keras' format: it maps noisy
+  images in [-1, 1] and their noise level (shape (N, 1), 0 = pure noise,
+  {config.timesteps} = clean) to {output}. Load it with
+  `import tf_diffusion.model` (which registers its custom layer), then
+  `keras.saving.load_model("{KERAS_FILENAME}")`.
+"""
