@@ -218,8 +218,9 @@ def model_card(config, model, step, record=None, best=False):
     if record:
         quality = (
             f"FID {record['fid']:.4g}, KID {record['kid']:.4g}: {record['samples']} samples "
-            f"({record['sampling_steps']} steps) against {record['real']} training images, on "
-            f"Keras InceptionV3 features ({record['inception_weights']} weights), measured by "
+            f"({record['sampler']}, {record['sampling_steps']} steps) against {record['real']} "
+            f"training images, on Keras InceptionV3 features ({record['inception_weights']} "
+            "weights), measured by "
             "`--track-kid` during training. Compare it with other runs of tf-diffusion, not "
             "with published FIDs (another Inception network, fewer images)"
         )

@@ -9,8 +9,9 @@ lowest so far, the checkpoint is also saved into `best/`, through the same
 `CheckpointStore` as the others: its files first, then the pointer, so a
 crash leaves the previous best whole. `predict.py --best` samples from it.
 
-Only measurements made the same way (as many samples, the same Inception
-weights) are compared; after a change of either, the next one starts a new best.
+Only measurements made the same way (as many samples, the same sampler,
+spacing and sampling steps, the same Inception weights) are compared; after
+a change, the next one starts a new best.
 """
 
 import json
@@ -25,7 +26,7 @@ from tf_diffusion.metrics import QualityTracker
 
 QUALITY_FILENAME = "quality.json"
 # What makes two measurements comparable.
-MEASURED_WITH = ("samples", "real", "inception_weights")
+MEASURED_WITH = ("samples", "real", "inception_weights", "sampler", "spacing", "sampling_steps")
 
 
 def read_records(weights_dir):
@@ -79,6 +80,8 @@ class KidTracker:
             "samples": scores["generated"],
             "real": scores["real"],
             "inception_weights": self.config.inception_weights,
+            "sampler": self.config.sampler,
+            "spacing": self.config.spacing,
             "sampling_steps": self.config.sampling_steps,
         }
         best = self.best_record(record)
