@@ -239,6 +239,9 @@ def model_card(config, model, step, record=None, best=False):
     table = "\n".join(f"| {name} | {value} |" for name, value in rows)
     steps = 0 if config.prediction == "next" else config.sampling_steps
     output = NETWORK_OUTPUTS[config.prediction]
+    predict_flags = "" if config.prediction == "next" else f" --sampling-steps {steps}"
+    if config.sampler != "ddim" or config.spacing != "uniform":
+        predict_flags += f" --sampler {config.sampler} --spacing {config.spacing}"
     return f"""---
 pipeline_tag: unconditional-image-generation
 tags:
@@ -267,9 +270,12 @@ generator = tf.saved_model.load("{GENERATOR_FOLDER}")
 images = generator.generate(num=16, seed=0, steps={steps}).numpy()  # uint8, (16, 32, 32, 3)
 ```
 
-The same `seed` and `steps` always give the same images, the images that
-`python predict.py --num 16 --seed 0` gives from the training run. `steps`
-0 takes the default.
+The same `seed` and `steps` always give the same images: those that this
+command gives from the training run (`steps` 0 takes the default):
+
+```bash
+python predict.py --num 16 --seed 0{predict_flags}
+```
 
 ## Files
 
