@@ -32,6 +32,8 @@ def parse_arguments(argv=None):
     add("--batch-size", type=int, help="global batch (default 64; classic 128)")
     add("--width", type=int, help="base channels of the U-Net (default 32; classic 128)")
     switch("--attention", "self-attention at 8x8 (residual network)")
+    add("--time-conditioning", choices=CHOICES["time_conditioning"], help="level into blocks")
+    add("--embedding-max-frequency", type=float, help="top frequency of the level embedding")
     add("--timesteps", type=int, help="noise levels (default 1000; classic 16)")
     add("--prediction", choices=CHOICES["prediction"], help="what the network learns to output")
     add("--loss-weighting", choices=CHOICES["loss_weighting"], help="weight of each level")

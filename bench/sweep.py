@@ -60,6 +60,8 @@ VARIANTS = {
         BUDGET_STEPS,
     ],
     "flip": ["--flip", "--noise-keys", "tagged"],
+    "scale-shift": ["--time-conditioning", "scale-shift"],
+    "embedding-100": ["--embedding-max-frequency", "100"],
     "attention": ["--attention"],
     "lr-2e-3": ["--lr", "2e-3"],
 }

@@ -84,3 +84,27 @@ def test_the_sinusoidal_embedding_layer_gives_exactly_the_old_lambda_values():
     copy = SinusoidalEmbedding.from_config(layer.get_config())
     assert (copy.dimension, copy.timesteps, copy.name) == (32, 1000, "sinusoidal_embedding")
     np.testing.assert_array_equal(copy(levels), expected)
+
+
+def test_a_lower_top_frequency_ends_the_aliasing_of_the_level_embedding():
+    from tf_diffusion.model import SinusoidalEmbedding
+
+    levels = tf.reshape(tf.range(1000, dtype=tf.float32), (-1, 1))
+    aliased = SinusoidalEmbedding(32, 1000)(levels).numpy()
+    fixed = SinusoidalEmbedding(32, 1000, max_frequency=100.0)(levels).numpy()
+    # At 1000 cycles over 1000 levels the top sine is 0 and its cosine 1 at every level.
+    assert np.ptp(aliased[:, 15]) < 1e-2 and np.ptp(aliased[:, 31]) < 1e-2
+    assert np.ptp(fixed, axis=0).min() > 0.5  # every dimension varies over the levels
+
+
+def test_scale_shift_conditioning_feeds_the_level_through_each_block():
+    bias = make_model(tiny_config("default"))
+    adaptive = make_model(tiny_config("default", time_conditioning="scale-shift"))
+    assert adaptive.count_params() > bias.count_params()
+    images = tf.random.normal((1, 32, 32, 3), seed=1)
+    for layer in adaptive.layers:  # start from non-zero output weights
+        if layer.name == adaptive.layers[-1].name:
+            layer.kernel.assign(tf.random.normal(layer.kernel.shape, seed=2))
+    first = adaptive([images, tf.constant([[1.0]])])
+    second = adaptive([images, tf.constant([[15.0]])])
+    assert not np.allclose(first, second)

@@ -48,6 +48,8 @@ class Config:
     architecture: str = "residual"  # U-Net kind: "classic" or "residual"
     width: int = 32  # Channels at 32 px; the deeper levels multiply it
     attention: bool = False  # Self-attention at 8x8 (residual U-Net)
+    time_conditioning: str = "bias"  # Level into each block: "bias" or "scale-shift" (AdaGN)
+    embedding_max_frequency: float = 1000.0  # Top frequency of the level embedding, in cycles
     schedule: str = "cosine"  # How signal falls with the level: "linear" or "cosine"
     timesteps: int = 1000  # Number of noise levels; level `timesteps` is the clean image
     prediction: str = "noise"  # Network target: "next" level's image, "noise", "velocity", "image"
@@ -120,6 +122,7 @@ class Config:
         check_at_least("max_steps", self.max_steps, 0)
         check_at_least("warmup_steps", self.warmup_steps, 0)
         check_positive("min_snr_gamma", self.min_snr_gamma)
+        check_positive("embedding_max_frequency", self.embedding_max_frequency)
         if not 0 < self.level_std < 100 or not -100 < self.level_mean < 100:
             raise UsageError(
                 f"--level-mean {self.level_mean} and --level-std {self.level_std} must be finite "
@@ -227,6 +230,8 @@ class Config:
 
 # The values of the settings added after the first release that reproduce it.
 FIRST_VERSION = {
+    "time_conditioning": "bias",
+    "embedding_max_frequency": 1000.0,
     "loss_weighting": "none",
     "min_snr_gamma": 5.0,
     "level_distribution": "uniform",
@@ -291,6 +296,7 @@ CHOICES = {
     "schedule": ("linear", "cosine"),
     "prediction": ("next", "noise", "velocity", "image"),
     "loss_weighting": ("none", "min-snr"),
+    "time_conditioning": ("bias", "scale-shift"),
     "level_distribution": ("uniform", "log-normal"),
     "noise_keys": ("shared", "tagged"),
     "learning_rate_schedule": ("rounds", "cosine"),
@@ -350,9 +356,9 @@ def check_at_least(name, value, minimum):
 
 
 def check_positive(name, value):
-    """Raise `UsageError` unless the setting `name` is a number above 0."""
-    if not value > 0:
-        raise UsageError(f"{flag(name)} must be positive, got {value}")
+    """Raise `UsageError` unless the setting `name` is a finite number above 0."""
+    if not 0 < value < math.inf:
+        raise UsageError(f"{flag(name)} must be positive and finite, got {value}")
 
 
 def parse_label(value):

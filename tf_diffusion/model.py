@@ -14,6 +14,7 @@ concatenations back to 32, and a time embedding that enters every block.
   embedding of the normalised level, and optional self-attention at 8x8.
 """
 
+import functools
 import math
 
 import keras
@@ -31,7 +32,13 @@ def make_model(config=None, **overrides):
     config = (config or Config()).replace(**overrides) if overrides else (config or Config())
     if config.architecture == "classic":
         return make_classic_model(config.width)
-    return make_residual_model(config.width, config.timesteps, config.attention)
+    return make_residual_model(
+        config.width,
+        config.timesteps,
+        config.attention,
+        config.embedding_max_frequency,
+        config.time_conditioning,
+    )
 
 
 def model_inputs():
@@ -113,17 +120,23 @@ def make_classic_model(width=128):
 class SinusoidalEmbedding(layers.Layer):
     """Sines and cosines of the level's share of the way, at log-spaced frequencies.
 
+    The frequencies run from 1 to `max_frequency` cycles over all the levels.
+    Above half the number of levels they alias: at the first version's 1000
+    with 1000 levels, the top one is constant over the integer levels.
     It has no weights, so checkpoints written when it was a `Lambda` still load;
     unlike a `Lambda`, it is saved in a `.keras` file that loads in safe mode.
     """
 
-    def __init__(self, dimension, timesteps, **keywords):
+    def __init__(self, dimension, timesteps, max_frequency=1000.0, **keywords):
         keywords.setdefault("name", "sinusoidal_embedding")
         super().__init__(**keywords)
         self.dimension = int(dimension)
         self.timesteps = int(timesteps)
+        self.max_frequency = float(max_frequency)
         with tf.init_scope():  # the same float32 constants as when this was a Lambda
-            frequencies = tf.exp(tf.linspace(math.log(1.0), math.log(1000.0), self.dimension // 2))
+            frequencies = tf.exp(
+                tf.linspace(math.log(1.0), math.log(self.max_frequency), self.dimension // 2)
+            )
             self.angular_speeds = (2.0 * math.pi * frequencies).numpy()
 
     def call(self, levels):
@@ -132,14 +145,26 @@ class SinusoidalEmbedding(layers.Layer):
         return tf.concat([tf.sin(angles), tf.cos(angles)], axis=-1)
 
     def get_config(self):
-        return {**super().get_config(), "dimension": self.dimension, "timesteps": self.timesteps}
+        return {
+            **super().get_config(),
+            "dimension": self.dimension,
+            "timesteps": self.timesteps,
+            "max_frequency": self.max_frequency,
+        }
 
 
 def group_count(channels):
     return math.gcd(channels, 8)
 
 
-def ResidualBlock(channels):
+def ResidualBlock(channels, time_conditioning="bias"):
+    """Two 3x3 convolutions with GroupNorm and swish, a skip, and the level.
+
+    "bias": the level's features are added after the first convolution.
+    "scale-shift" (AdaGN, Dhariwal & Nichol 2021): they scale and shift the
+    second GroupNorm's output instead.
+    """
+
     def apply(x, time_features):
         if x.shape[-1] == channels:
             residual = x
@@ -148,9 +173,15 @@ def ResidualBlock(channels):
         x = layers.GroupNormalization(groups=group_count(x.shape[-1]))(x)
         x = layers.Activation("swish")(x)
         x = layers.Conv2D(channels, kernel_size=3, padding="same")(x)
-        time_bias = layers.Dense(channels)(time_features)
-        x = layers.Add()([x, layers.Reshape((1, 1, channels))(time_bias)])
-        x = layers.GroupNormalization(groups=group_count(channels))(x)
+        if time_conditioning == "bias":
+            time_bias = layers.Dense(channels)(time_features)
+            x = layers.Add()([x, layers.Reshape((1, 1, channels))(time_bias)])
+            x = layers.GroupNormalization(groups=group_count(channels))(x)
+        else:
+            x = layers.GroupNormalization(groups=group_count(channels))(x)
+            scale = layers.Reshape((1, 1, channels))(layers.Dense(channels)(time_features))
+            shift = layers.Reshape((1, 1, channels))(layers.Dense(channels)(time_features))
+            x = layers.Add()([x, layers.Multiply()([x, scale]), shift])
         x = layers.Activation("swish")(x)
         x = layers.Conv2D(channels, kernel_size=3, padding="same")(x)
         return layers.Add()([x, residual])
@@ -172,31 +203,34 @@ def AttentionBlock(channels):
     return apply
 
 
-def make_residual_model(width=64, timesteps=1000, attention=False):
+def make_residual_model(
+    width=64, timesteps=1000, attention=False, max_frequency=1000.0, time_conditioning="bias"
+):
     """A small residual U-Net with channels `width` x (1, 2, 4, 4) from 32 to 4 pixels."""
     channels = [width * multiplier for multiplier in RESIDUAL_CHANNEL_MULTIPLIERS]
     images, level_input = model_inputs()
+    ResidualLevel = functools.partial(ResidualBlock, time_conditioning=time_conditioning)
 
-    time_features = SinusoidalEmbedding(width, timesteps)(level_input)
+    time_features = SinusoidalEmbedding(width, timesteps, max_frequency)(level_input)
     time_features = layers.Dense(width * 4, activation="swish")(time_features)
     time_features = layers.Dense(width * 4, activation="swish")(time_features)
 
     x = layers.Conv2D(width, kernel_size=3, padding="same")(images)
     skips = []
     for level, level_channels in enumerate(channels):  # 32, 16, 8 and 4 pixels
-        x = ResidualBlock(level_channels)(x, time_features)
+        x = ResidualLevel(level_channels)(x, time_features)
         if attention and level == 2:
             x = AttentionBlock(level_channels)(x)
         skips.append(x)
         if level < 3:
             x = layers.AveragePooling2D(2)(x)
 
-    x = ResidualBlock(channels[-1])(x, time_features)
-    x = ResidualBlock(channels[-1])(x, time_features)
+    x = ResidualLevel(channels[-1])(x, time_features)
+    x = ResidualLevel(channels[-1])(x, time_features)
 
     for level, (level_channels, skip) in enumerate(zip(reversed(channels), reversed(skips))):
         x = layers.Concatenate()([x, skip])
-        x = ResidualBlock(level_channels)(x, time_features)
+        x = ResidualLevel(level_channels)(x, time_features)
         if attention and level == 1:
             x = AttentionBlock(level_channels)(x)
         if level < 3:
