@@ -219,10 +219,12 @@ def main():
         json.dump({"machine": machine(), "rows": rows}, file, indent=2)
 
 
-def print_table(rows, arguments):
-    def show(value, pattern):
-        return "" if value is None else pattern.format(value)
+def show(value, pattern):
+    """`value` formatted by `pattern`, or an empty table cell when there is none."""
+    return "" if value is None else pattern.format(value)
 
+
+def print_table(rows, arguments):
     print(
         f"\nbench/quality.py, {machine()}; {arguments.num} samples vs the "
         f"5000 training automobiles; budget {arguments.cpu_minutes:g} CPU-minutes per recipe"

@@ -180,9 +180,7 @@ def main():
 
 
 def print_table(rows, arguments, peak):
-    def show(value, pattern):
-        return "" if value is None else pattern.format(value)
-
+    show = quality.show
     print(
         f"\nbench/sweep.py, {quality.machine()}; tf.matmul peak {peak:.0f} GFLOP/s in this run; "
         f"{arguments.num} samples at {arguments.sampling_steps} DDIM steps vs the 4500 training "
