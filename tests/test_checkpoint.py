@@ -184,3 +184,13 @@ def test_a_checkpoint_from_another_model_is_an_error_and_nothing_is_moved(tmp_pa
     with pytest.raises(UsageError, match="ckpt-3 does not fit this version's model"):
         newer_code.restore()
     assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_a_run_in_a_relative_folder_resumes(tmp_path, monkeypatch):
+    # The default --weights-dir, "checkpoints", is relative to the working folder.
+    monkeypatch.chdir(tmp_path)
+    os.mkdir("checkpoints")
+    CheckpointStore("checkpoints", {"step": tf.Variable(3)}).save(3, Config())
+    step = tf.Variable(0)
+    assert CheckpointStore("checkpoints", {"step": step}).restore() == "checkpoints/ckpt-3"
+    assert int(step.numpy()) == 3

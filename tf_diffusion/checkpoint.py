@@ -107,12 +107,10 @@ class CheckpointStore:
         state = tf.train.get_checkpoint_state(self.directory)
         if state is None:
             return []
+        # get_checkpoint_state has already put the folder in front of relative paths.
         paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
         if state.model_checkpoint_path and state.model_checkpoint_path not in paths:
             paths.append(state.model_checkpoint_path)
-        paths = [
-            path if os.path.isabs(path) else os.path.join(self.directory, path) for path in paths
-        ]
         return sorted(set(paths), key=checkpoint_step, reverse=True)
 
     @property
