@@ -6,17 +6,27 @@ python predict.py --weights-dir W --num 1000 --npz samples.npz --sampling-steps 
 python predict.py --weights-dir W --num 1000 --evaluate
 """
 
-import argparse
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tf_diffusion.config import UsageError, check_predict_arguments  # noqa: E402 (no TensorFlow)
+from tf_diffusion.config import (  # noqa: E402 (no TensorFlow)
+    ArgumentParser,
+    UsageError,
+    check_predict_arguments,
+    error_line,
+    escape_unprintable_output,
+    exit_with_error,
+)
 
 
 def parse_arguments(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    return make_parser().parse_args(argv)
+
+
+def make_parser():
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--weights-dir", default="checkpoints", help="the run folder written by train.py")
     add("--num", type=int, default=25, help="how many images (default 25)")
@@ -38,26 +48,35 @@ def parse_arguments(argv=None):
         default="imagenet",
         help="InceptionV3 weights for --evaluate: 'imagenet' (downloads) or a local .h5 file",
     )
-    return parser.parse_args(argv)
+    return parser
+
+
+def checked_arguments(argv=None):
+    """predict.py's arguments, parsed and checked before TensorFlow loads.
+
+    A mistake prints one `error:` line (argparse's own come after the usage)
+    and exits with status 2.
+    """
+    arguments = vars(parse_arguments(argv))
+    try:
+        check_predict_arguments(**arguments)
+    except UsageError as error:
+        exit_with_error(error)
+    return arguments
 
 
 def main(argv=None):
-    arguments = vars(parse_arguments(argv))
+    escape_unprintable_output()
+    arguments = checked_arguments(argv)  # plain mistakes are reported before TensorFlow loads
     try:
-        # Plain mistakes are reported at once, before TensorFlow loads.
-        check_predict_arguments(
-            arguments["weights_dir"],
-            arguments["num"],
-            arguments["grid"],
-            arguments["data"],
-            arguments["sampling_steps"],
-        )
         from tf_diffusion import commands
 
         commands.predict(**arguments)
     except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(error_line(error), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 

@@ -16,34 +16,21 @@ import time
 
 import tensorflow as tf
 
-from tf_diffusion.config import Config, UsageError, load_run_config, no_checkpoint_error
+from tf_diffusion.config import (  # noqa: F401 (check_writable: commands and tests import it here)
+    Config,
+    UsageError,
+    check_writable,
+    load_run_config,
+    no_checkpoint_error,
+)
 
 CHECKPOINT_PREFIX = "ckpt"
-WRITE_PROBE = ".write-probe"
 # Seconds to pause inside each save, between the files and the pointer (tests only).
 SAVE_DELAY_VARIABLE = "TF_DIFFUSION_SAVE_DELAY_SECONDS"
 
 
 def has_checkpoint(directory):
     return bool(directory) and tf.train.get_checkpoint_state(directory) is not None
-
-
-def check_writable(directory):
-    """Create `directory` if needed and prove that files can be written in it."""
-    flag = "--weights-dir"
-    if os.path.exists(directory) and not os.path.isdir(directory):
-        raise UsageError(f"{flag} {directory} is a file, not a folder; choose a folder")
-    try:
-        os.makedirs(directory, exist_ok=True)
-        probe = os.path.join(directory, WRITE_PROBE)
-        with open(probe, "w") as file:
-            file.write("ok")
-        os.remove(probe)
-    except OSError as error:
-        raise UsageError(
-            f"{flag} {directory} cannot be written ({error.strerror or error}); "
-            "choose a folder you can write to"
-        ) from None
 
 
 def move_aside(directory):

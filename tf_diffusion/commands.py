@@ -220,12 +220,12 @@ def save_npz(images, path):
     """Write `images` under key `x`, atomically."""
     buffer = io.BytesIO()
     np.savez_compressed(buffer, x=images)
-    temporary = temporary_path(path)
     try:
+        temporary = temporary_path(path)
         with open(temporary, "wb") as file:
             file.write(buffer.getvalue())
+        os.replace(temporary, path)
     except OSError as error:
         raise UsageError(
             f"--npz {path} cannot be written ({error.strerror}); choose another path"
         ) from None
-    os.replace(temporary, path)
