@@ -24,6 +24,7 @@ from tf_diffusion.config import (  # noqa: E402 (no TensorFlow)
     escape_unprintable_output,
     exit_with_error,
 )
+from tf_diffusion.lock import training_lock  # noqa: E402
 
 
 def parse_arguments(argv=None):
@@ -101,10 +102,12 @@ def main(argv=None):
     fresh = arguments.pop("fresh")
     quiet = arguments.pop("quiet")
     try:
-        from tf_diffusion import commands
-        from tf_diffusion.training import TrainingDiverged
+        # A second run on the folder is refused here, before TensorFlow loads.
+        with training_lock(weights_dir, arguments["distribute"], fresh):
+            from tf_diffusion import commands
+            from tf_diffusion.training import TrainingDiverged
 
-        commands.train(weights_dir, recipe, arguments, fresh=fresh, quiet=quiet)
+            commands.train(weights_dir, recipe, arguments, fresh=fresh, quiet=quiet)
     except UsageError as error:
         print(error_line(error), file=sys.stderr)
         return 2

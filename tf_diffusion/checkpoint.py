@@ -6,7 +6,8 @@ a temporary name and renamed) and only then rewrites the small `checkpoint`
 pointer file, atomically. A run killed in the middle of a save leaves the
 pointer on the previous checkpoint. If the newest checkpoint cannot be read,
 `restore` falls back to the one before it, says so, and moves the unreadable
-files aside (never deleting them).
+files aside (never deleting them). Each save first renews
+the run's lock (`lock.py`).
 """
 
 import datetime
@@ -23,6 +24,7 @@ from tf_diffusion.config import (  # noqa: F401 (check_writable: commands and te
     load_run_config,
     no_checkpoint_error,
 )
+from tf_diffusion.lock import LOCK_FILENAME, heartbeat, moved_aside
 
 CHECKPOINT_PREFIX = "ckpt"
 # Seconds to pause inside each save, between the files and the pointer (tests only).
@@ -56,8 +58,9 @@ def resolve_config(directory, recipe=None, overrides=None, fresh=False):
     """
     overrides = {key: value for key, value in (overrides or {}).items() if value is not None}
     moved_to = None
-    if fresh and os.path.exists(directory) and os.listdir(directory):
+    if fresh and os.path.isdir(directory) and set(os.listdir(directory)) - {LOCK_FILENAME}:
         moved_to = move_aside(directory)
+        moved_aside(directory, moved_to)  # the lock this run holds goes with the folder: renew it
     saved = Config.load(directory) if has_checkpoint(directory) else None
     if saved is None:
         config = Config.for_recipe(recipe or "default", weights_dir=directory, **overrides)
@@ -155,6 +158,7 @@ class CheckpointStore:
             options = tf.train.CheckpointOptions(
                 experimental_write_callbacks=[lambda path: time.sleep(delay)]
             )
+        heartbeat(self.directory)  # and stop here if another run has taken over the folder
         try:
             config.save(self.directory)
             path = self.manager.save(checkpoint_number=step, options=options)

@@ -17,6 +17,7 @@ import keras
 import tensorflow as tf
 
 from tf_diffusion.config import IMAGE_CHANNELS, IMAGE_SIZE, check_choice
+from tf_diffusion.lock import is_chief_task
 from tf_diffusion.model import call_network, make_model
 from tf_diffusion.schedule import NoiseSchedule, training_pair
 
@@ -44,10 +45,7 @@ def is_chief(strategy):
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not resolver.task_type:
         return True
-    if resolver.task_type == "chief":
-        return True
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+    return is_chief_task(resolver.task_type, resolver.task_id, resolver.cluster_spec().as_dict())
 
 
 class TrainingDiverged(RuntimeError):
