@@ -194,3 +194,22 @@ def test_a_run_in_a_relative_folder_resumes(tmp_path, monkeypatch):
     step = tf.Variable(0)
     assert CheckpointStore("checkpoints", {"step": step}).restore() == "checkpoints/ckpt-3"
     assert int(step.numpy()) == 3
+
+
+def test_a_reader_starts_again_when_the_run_pruned_what_it_was_reading(tmp_path, monkeypatch):
+    writer = CheckpointStore(str(tmp_path), {"step": tf.Variable(0)}, keep=2)
+    for step in (1, 2, 3, 4):
+        writer.checkpoint.step.assign(step)
+        writer.save(step, Config())
+    # What a reader listed just before the run saved twice and pruned both.
+    stale = [str(tmp_path / "ckpt-2"), str(tmp_path / "ckpt-1")]
+    listings = iter([stale])
+    current = CheckpointStore.candidates
+    monkeypatch.setattr(
+        CheckpointStore, "candidates", lambda self: next(listings, None) or current(self)
+    )
+    before = sorted(os.listdir(tmp_path))
+    step = tf.Variable(0)
+    path = CheckpointStore(str(tmp_path), {"step": step}).restore(expect_partial=True, reader=True)
+    assert path == str(tmp_path / "ckpt-4") and int(step.numpy()) == 4
+    assert sorted(os.listdir(tmp_path)) == before  # a reader moves nothing

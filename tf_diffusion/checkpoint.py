@@ -6,8 +6,9 @@ a temporary name and renamed) and only then rewrites the small `checkpoint`
 pointer file, atomically. A run killed in the middle of a save leaves the
 pointer on the previous checkpoint. If the newest checkpoint cannot be read,
 `restore` falls back to the one before it, says so, and moves the unreadable
-files aside (never deleting them). Each save first renews
-the run's lock (`lock.py`).
+files aside (never deleting them). A reader (`predict.py`) takes no lock and
+moves nothing; when the run it reads prunes a checkpoint under it, it reads
+the pointer again. Each save first renews the run's lock (`lock.py`).
 """
 
 import datetime
@@ -27,6 +28,8 @@ from tf_diffusion.config import (  # noqa: F401 (check_writable: commands and te
 from tf_diffusion.lock import LOCK_FILENAME, heartbeat, moved_aside
 
 CHECKPOINT_PREFIX = "ckpt"
+# How often a reader starts again from the newest checkpoint when the run pruned the one it read.
+READER_REREADS = 20
 # Seconds to pause inside each save, between the files and the pointer (tests only).
 SAVE_DELAY_VARIABLE = "TF_DIFFUSION_SAVE_DELAY_SECONDS"
 
@@ -109,19 +112,28 @@ class CheckpointStore:
         candidates = self.candidates()
         return checkpoint_step(candidates[0]) if candidates else 0
 
-    def restore(self, say=print, expect_partial=False):
+    def restore(self, say=print, expect_partial=False, reader=False):
         """Load the newest readable checkpoint; return its path, or None if there is none.
 
         A checkpoint whose files cannot be read is moved aside and the one
         before it is tried. One that reads but does not fit the model (another
-        version of the code) is an error: nothing is moved.
+        version of the code) is an error: nothing is moved. A `reader` (predict,
+        which takes no lock while a run may be saving) moves nothing either: a
+        read that fails because the run saved and pruned meanwhile starts again
+        from the newest checkpoint.
         """
         candidates = self.candidates()
-        for index, path in enumerate(candidates):
+        index, rereads = 0, 0
+        while index < len(candidates):
+            path = candidates[index]
             name = os.path.basename(path)
             try:
                 status = self.checkpoint.restore(path)
             except Exception as error:  # any failure to read means: try the one before
+                newest = self.candidates() if reader and rereads < READER_REREADS else candidates
+                if newest != candidates:
+                    candidates, index, rereads = newest, 0, rereads + 1
+                    continue
                 reason = first_line(error)
                 if index + 1 == len(candidates):
                     raise UsageError(
@@ -132,7 +144,9 @@ class CheckpointStore:
                     f"warning: checkpoint {name} is unreadable ({reason}); "
                     f"falling back to {os.path.basename(candidates[index + 1])}"
                 )
-                quarantine(path)
+                if not reader:
+                    quarantine(path)
+                index += 1
                 continue
             if expect_partial:
                 status.expect_partial()
@@ -206,5 +220,5 @@ def load_for_sampling(directory, **changes):
     model = make_model(config)
     name = "ema_model" if config.ema_decay > 0 else "model"
     store = CheckpointStore(directory, {name: model})
-    store.restore(expect_partial=True)
+    store.restore(expect_partial=True, reader=True)
     return config, model
