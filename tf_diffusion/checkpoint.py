@@ -28,6 +28,9 @@ from tf_diffusion.config import (  # noqa: F401 (check_writable: commands and te
 from tf_diffusion.lock import LOCK_FILENAME, heartbeat, moved_aside
 
 CHECKPOINT_PREFIX = "ckpt"
+# Objects a checkpoint may lack: only mixed-precision runs save their loss scale,
+# and a run may switch --mixed-precision when it resumes (it then starts afresh).
+OPTIONAL_OBJECTS = ("loss_scale",)
 # How often a reader starts again from the newest checkpoint when the run pruned the one it read.
 READER_REREADS = 20
 # Seconds to pause inside each save, between the files and the pointer (tests only).
@@ -90,6 +93,7 @@ class CheckpointStore:
 
     def __init__(self, directory, trackables, keep=3):
         self.directory = directory
+        self.trackables = dict(trackables)
         self.checkpoint = tf.train.Checkpoint(**trackables)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, directory, max_to_keep=keep, checkpoint_name=CHECKPOINT_PREFIX
@@ -128,7 +132,7 @@ class CheckpointStore:
             path = candidates[index]
             name = os.path.basename(path)
             try:
-                status = self.checkpoint.restore(path)
+                status = self.checkpoint_for(path).restore(path)
             except Exception as error:  # any failure to read means: try the one before
                 newest = self.candidates() if reader and rereads < READER_REREADS else candidates
                 if newest != candidates:
@@ -148,9 +152,7 @@ class CheckpointStore:
                     quarantine(path)
                 index += 1
                 continue
-            if expect_partial:
-                status.expect_partial()
-            else:
+            if not expect_partial:
                 try:
                     status.assert_existing_objects_matched()
                 except AssertionError as error:
@@ -159,8 +161,23 @@ class CheckpointStore:
                         f"model ({first_line(error)[:200]}); use the tf-diffusion version that "
                         "wrote it, or start anew with --fresh"
                     ) from None
+            # What the file holds beyond this run's objects (the loss scale of a
+            # mixed-precision run resumed in float32) is left unread, silently.
+            status.expect_partial()
             return path
         return None
+
+    def checkpoint_for(self, path):
+        """What to restore `path` into: every object, less the optional ones the file lacks."""
+        optional = [name for name in OPTIONAL_OBJECTS if name in self.trackables]
+        if not optional:
+            return self.checkpoint
+        saved = {name.split("/")[0] for name, _ in tf.train.list_variables(path)}
+        missing = [name for name in optional if name not in saved]
+        if not missing:
+            return self.checkpoint
+        present = {key: value for key, value in self.trackables.items() if key not in missing}
+        return tf.train.Checkpoint(**present)
 
     def save(self, step, config):
         """Write checkpoint `ckpt-<step>` and config.json; the pointer moves last."""

@@ -116,12 +116,18 @@ class Trainer:
             )
             self.adam.build(self.model.trainable_variables)
             # `optimizer` applies the gradients; `adam` is the plain Adam inside
-            # it, which the checkpoint holds so that float32 and mixed-precision
-            # runs save the same variables.
+            # it, which the checkpoint holds as "optimizer" so that float32 and
+            # mixed-precision runs save the same Adam variables. A mixed-precision
+            # run also saves its dynamic loss scale, as "loss_scale", so that it
+            # resumes exactly; a run may switch --mixed-precision when it resumes.
             self.optimizer = self.adam
+            self.loss_scale = None
             if config.mixed_precision:
                 self.optimizer = keras.optimizers.LossScaleOptimizer(self.adam)
                 self.optimizer.build(self.model.trainable_variables)
+                self.loss_scale = tf.Module(name="loss_scale")
+                self.loss_scale.dynamic_scale = self.optimizer.dynamic_scale
+                self.loss_scale.step_counter = self.optimizer.step_counter
             # Used only when `train_one` is called without levels and noise.
             self.generator = tf.random.Generator.from_seed(config.seed)
             # The data pipeline's position: a resumed run starts it here.
@@ -155,6 +161,8 @@ class Trainer:
         }
         if self.ema_model is not None:
             objects["ema_model"] = self.ema_model
+        if self.loss_scale is not None:
+            objects["loss_scale"] = self.loss_scale
         return objects
 
     # ---- steps
