@@ -16,7 +16,7 @@ import time
 import keras
 import tensorflow as tf
 
-from tf_diffusion.config import IMAGE_CHANNELS, IMAGE_SIZE, check_choice
+from tf_diffusion.config import IMAGE_CHANNELS, IMAGE_SIZE, UsageError, check_choice
 from tf_diffusion.lock import is_chief_task
 from tf_diffusion.model import call_network, make_model
 from tf_diffusion.schedule import NoiseSchedule, training_pair
@@ -46,6 +46,16 @@ def is_chief(strategy):
     if resolver is None or not resolver.task_type:
         return True
     return is_chief_task(resolver.task_type, resolver.task_id, resolver.cluster_spec().as_dict())
+
+
+def check_batch_split(batch_size, replicas):
+    """Raise `UsageError` unless the global batch splits evenly over the replicas."""
+    if batch_size % replicas:
+        multiple = max(1, round(batch_size / replicas)) * replicas
+        raise UsageError(
+            f"--batch-size {batch_size} does not split evenly over the {replicas} replicas; "
+            f"give a multiple of {replicas}, such as {multiple}"
+        )
 
 
 class TrainingDiverged(RuntimeError):
@@ -93,6 +103,7 @@ class Trainer:
     def __init__(self, config, strategy=None):
         self.config = config
         self.strategy = strategy or tf.distribute.get_strategy()
+        check_batch_split(config.batch_size, self.strategy.num_replicas_in_sync)
         self.schedule = NoiseSchedule.from_config(config)
         learning_rate = config.learning_rate
         if config.scale_learning_rate:
