@@ -18,13 +18,13 @@ from tf_diffusion.lock import LOCK_FILENAME, RunLock, heartbeat, holding_lock, t
 ENVIRONMENT = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
 
-def write_lock(folder, **changes):
-    """Another run's lock in `folder`: by default a live one (this test's parent process)."""
+def write_lock(folder, age=0.0, **changes):
+    """Another run's lock in `folder`, its heartbeat `age` s old; by default a live run's."""
     record = {
         "host": socket.gethostname(),
         "pid": os.getppid(),
         "started": "2030-01-02T03:04:05+00:00",
-        "heartbeat": time.time(),
+        "heartbeat": time.time() - age,
         "token": "another-run",
     }
     record.update(changes)
@@ -97,7 +97,7 @@ def test_the_heartbeat_thread_beats_every_interval(tmp_path):
     "changes, reason",
     [
         ({"pid": "dead"}, "is no longer running"),
-        ({"host": "elsewhere", "heartbeat": time.time() - 600}, "its last heartbeat was 10 min"),
+        ({"host": "elsewhere", "age": 600}, "its last heartbeat was 10 min"),
         ("garbled", "it cannot be read and has not changed for 16 min"),
     ],
     ids=["dead-process", "quiet-other-host", "unreadable"],
@@ -123,7 +123,7 @@ def test_a_stale_lock_is_taken_over_with_a_one_line_warning(tmp_path, capsys, ch
 
 @pytest.mark.parametrize(
     "changes",
-    [{"host": "elsewhere", "heartbeat": time.time() - 60}, "garbled"],
+    [{"host": "elsewhere", "age": 60}, "garbled"],
     ids=["other-host-beating", "unreadable-but-new"],
 )
 def test_a_lock_that_may_be_live_is_not_taken(tmp_path, changes):
