@@ -251,8 +251,8 @@ CHOICES = {
     "distribute": ("none", "mirrored", "multi-worker", "tpu"),
 }
 
-# Upper bounds: past these a setting means nothing for 32x32 images, or overflows a TensorFlow
-# int32 shape (the seed: what NumPy and Keras take).
+# Upper bounds: past these a setting means nothing for 32x32 images (or exhausts memory), or
+# overflows a TensorFlow int32 shape. The seed's range is `check_seed`'s.
 AT_MOST = {
     "width": 1024,
     "timesteps": 100_000,
