@@ -7,7 +7,6 @@ python predict.py --weights-dir W --num 1000 --evaluate
 python predict.py --weights-dir W --best --export exported/cars
 """
 
-import argparse
 import os
 import sys
 
@@ -15,13 +14,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tf_diffusion.config import (  # noqa: E402 (no TensorFlow)
     CHOICES,
+    ArgumentParser,
     UsageError,
     check_predict_arguments,
+    error_line,
+    escape_unprintable_output,
+    exit_with_error,
 )
 
 
 def parse_arguments(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    return make_parser().parse_args(argv)
+
+
+def make_parser():
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--weights-dir", default="checkpoints", help="the run folder written by train.py")
     add("--num", type=int, default=25, help="how many images (default 25)")
@@ -52,31 +59,35 @@ def parse_arguments(argv=None):
         metavar="DIR",
         help="instead of sampling, write DIR/generator (SavedModel), DIR/unet.keras, DIR/README.md",
     )
-    return parser.parse_args(argv)
+    return parser
+
+
+def checked_arguments(argv=None):
+    """predict.py's arguments, parsed and checked before TensorFlow loads.
+
+    A mistake prints one `error:` line (argparse's own come after the usage)
+    and exits with status 2.
+    """
+    arguments = vars(parse_arguments(argv))
+    try:
+        check_predict_arguments(**arguments)
+    except UsageError as error:
+        exit_with_error(error)
+    return arguments
 
 
 def main(argv=None):
-    arguments = vars(parse_arguments(argv))
+    escape_unprintable_output()
+    arguments = checked_arguments(argv)  # plain mistakes are reported before TensorFlow loads
     try:
-        # Plain mistakes are reported at once, before TensorFlow loads.
-        check_predict_arguments(
-            arguments["weights_dir"],
-            arguments["num"],
-            arguments["grid"],
-            arguments["data"],
-            sampling_steps=arguments["sampling_steps"],
-            sampler=arguments["sampler"],
-            spacing=arguments["spacing"],
-            seed=arguments["seed"],
-            best=arguments["best"],
-            export=arguments["export"],
-        )
         from tf_diffusion import commands
 
         commands.predict(**arguments)
     except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(error_line(error), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 

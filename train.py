@@ -15,11 +15,24 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tf_diffusion.config import CHOICES, UsageError, check_arguments  # noqa: E402 (no TensorFlow)
+from tf_diffusion.config import (  # noqa: E402 (no TensorFlow)
+    CHOICES,
+    ArgumentParser,
+    UsageError,
+    check_arguments,
+    error_line,
+    escape_unprintable_output,
+    exit_with_error,
+)
+from tf_diffusion.lock import training_lock  # noqa: E402
 
 
 def parse_arguments(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    return make_parser().parse_args(argv)
+
+
+def make_parser():
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
 
     def switch(name, help, **keywords):  # --name / --no-name; left out keeps the run's value
@@ -80,7 +93,26 @@ def parse_arguments(argv=None):
     switch("--scale-lr", "multiply --lr by the number of replicas", dest="scale_learning_rate")
     add("--fresh", action="store_true", help="move an existing run aside and start anew")
     add("--quiet", action="store_true", help="no progress bar: a plain line a minute")
-    return parser.parse_args(argv)
+    return parser
+
+
+def checked_arguments(argv=None):
+    """train.py's arguments, parsed and checked before TensorFlow loads.
+
+    A mistake prints one `error:` line (argparse's own come after the usage)
+    and exits with status 2.
+    """
+    arguments = vars(parse_arguments(argv))
+    settings = {name: value for name, value in arguments.items() if name not in SCRIPT_FLAGS}
+    try:
+        check_arguments(arguments["recipe"], settings, arguments["weights_dir"])
+    except UsageError as error:
+        exit_with_error(error)
+    return arguments
+
+
+# The flags that are not `Config` settings.
+SCRIPT_FLAGS = ("weights_dir", "recipe", "fresh", "quiet")
 
 
 def stop_gracefully(signal_number, frame):
@@ -88,7 +120,8 @@ def stop_gracefully(signal_number, frame):
 
 
 def main(argv=None):
-    arguments = vars(parse_arguments(argv))
+    escape_unprintable_output()
+    arguments = checked_arguments(argv)  # plain mistakes are reported before TensorFlow loads
     # Ctrl-C, and the SIGTERM that Colab, schedulers and `kill` send, both save
     # before stopping; a background job inherits SIGINT ignored, so set it here.
     signal.signal(signal.SIGINT, stop_gracefully)
@@ -99,20 +132,20 @@ def main(argv=None):
     fresh = arguments.pop("fresh")
     quiet = arguments.pop("quiet")
     try:
-        # Plain mistakes are reported at once, before TensorFlow loads.
-        check_arguments(recipe, arguments)
-        from tf_diffusion import commands
-        from tf_diffusion.training import TrainingDiverged
+        # A second run on the folder is refused here, before TensorFlow loads.
+        with training_lock(weights_dir, arguments["distribute"], fresh):
+            from tf_diffusion import commands
+            from tf_diffusion.training import TrainingDiverged
 
-        commands.train(weights_dir, recipe, arguments, fresh=fresh, quiet=quiet)
+            commands.train(weights_dir, recipe, arguments, fresh=fresh, quiet=quiet)
     except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(error_line(error), file=sys.stderr)
         return 2
-    except TrainingDiverged as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except TrainingDiverged as error:
+        print(error_line(error), file=sys.stderr)
+        return 1
     return 0
 
 

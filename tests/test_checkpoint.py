@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -7,11 +8,12 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPOSITORY, tiny_flags, tiny_settings
+from conftest import REPOSITORY, tiny_config, tiny_flags, tiny_settings
 
 from tf_diffusion import commands
 from tf_diffusion.checkpoint import CheckpointStore, check_writable, resolve_config
 from tf_diffusion.config import Config, UsageError
+from tf_diffusion.training import Trainer
 
 
 def train(weights_dir, npz_path, max_steps, **settings):
@@ -184,3 +186,85 @@ def test_a_checkpoint_from_another_model_is_an_error_and_nothing_is_moved(tmp_pa
     with pytest.raises(UsageError, match="ckpt-3 does not fit this version's model"):
         newer_code.restore()
     assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_a_run_in_a_relative_folder_resumes(tmp_path, monkeypatch):
+    # The default --weights-dir, "checkpoints", is relative to the working folder.
+    monkeypatch.chdir(tmp_path)
+    os.mkdir("checkpoints")
+    CheckpointStore("checkpoints", {"step": tf.Variable(3)}).save(3, Config())
+    step = tf.Variable(0)
+    assert CheckpointStore("checkpoints", {"step": step}).restore() == "checkpoints/ckpt-3"
+    assert int(step.numpy()) == 3
+
+
+def test_mixed_precision_runs_resume_exactly_loss_scale_included(tmp_path, npz_path):
+    """The exact-resume check above for a --mixed-precision run (which runs on CPU too).
+
+    The run interrupted after step 1 is the straight run's folder cut back to
+    ckpt-1: what a run stopped there leaves (saving changes nothing), for one
+    process less.
+    """
+    straight = tmp_path / "straight"
+    run_train(straight, npz_path, 2, "--save-every=1", "--mixed-precision")
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(straight, interrupted)
+    for name in os.listdir(interrupted):
+        if name.startswith("ckpt-2."):
+            os.remove(interrupted / name)
+    (interrupted / "checkpoint").write_text(
+        'model_checkpoint_path: "ckpt-1"\nall_model_checkpoint_paths: "ckpt-1"\n'
+    )
+    output = run_train(interrupted, npz_path, 2, "--mixed-precision")
+    assert "Resuming from step 1" in output
+    straight_1 = checkpoint_tensors(straight / "ckpt-1")
+    straight_2 = checkpoint_tensors(straight / "ckpt-2")
+    resumed = checkpoint_tensors(interrupted)
+    assert_same_tensors(straight_2, resumed)
+    scale, finite_steps = (f"loss_scale/{name}/.ATTRIBUTES/VARIABLE_VALUE" for name in LOSS_SCALE)
+    assert straight_1[scale] == resumed[scale] == 2.0**15
+    # The count of finite steps decides when the scale grows; a restarted one would be 1 here.
+    assert (straight_1[finite_steps], resumed[finite_steps]) == (1, 2)
+
+
+LOSS_SCALE = ("dynamic_scale", "step_counter")
+
+
+def test_a_run_may_switch_mixed_precision_when_it_resumes(tmp_path):
+    def store(trainer):
+        return CheckpointStore(str(tmp_path), trainer.trackables())
+
+    float32 = Trainer(tiny_config())
+    float32.batches_seen.assign(5)
+    store(float32).save(1, float32.config)
+    mixed = Trainer(tiny_config(mixed_precision=True))
+    assert store(mixed).restore().endswith("ckpt-1")  # a checkpoint with no loss scale
+    assert int(mixed.batches_seen.numpy()) == 5
+    assert float(mixed.optimizer.dynamic_scale.numpy()) == 2.0**15  # it starts afresh
+    for ours, saved in zip(mixed.model.weights, float32.model.weights):
+        np.testing.assert_array_equal(ours.numpy(), saved.numpy())
+    mixed.batches_seen.assign(7)
+    mixed.optimizer.step_counter.assign(3)
+    store(mixed).save(2, mixed.config)
+    back = Trainer(tiny_config())
+    assert store(back).restore().endswith("ckpt-2")  # its loss scale is left unread
+    assert int(back.batches_seen.numpy()) == 7
+
+
+def test_a_reader_starts_again_when_the_run_pruned_what_it_was_reading(tmp_path, monkeypatch):
+    writer = CheckpointStore(str(tmp_path), {"step": tf.Variable(0)}, keep=2)
+    for step in (1, 2, 3, 4):
+        writer.checkpoint.step.assign(step)
+        writer.save(step, Config())
+    # What a reader listed just before the run saved twice and pruned both.
+    stale = [str(tmp_path / "ckpt-2"), str(tmp_path / "ckpt-1")]
+    listings = iter([stale])
+    current = CheckpointStore.candidates
+    monkeypatch.setattr(
+        CheckpointStore, "candidates", lambda self: next(listings, None) or current(self)
+    )
+    before = sorted(os.listdir(tmp_path))
+    step = tf.Variable(0)
+    path = CheckpointStore(str(tmp_path), {"step": step}).restore(expect_partial=True, reader=True)
+    assert path == str(tmp_path / "ckpt-4") and int(step.numpy()) == 4
+    assert sorted(os.listdir(tmp_path)) == before  # a reader moves nothing

@@ -3,9 +3,16 @@ import pytest
 import tensorflow as tf
 from conftest import synthetic_images, tiny_config
 
+from tf_diffusion.config import UsageError
 from tf_diffusion.data import make_dataset, scale_images
 from tf_diffusion.schedule import training_pair
-from tf_diffusion.training import RoundDecay, Trainer, TrainingDiverged, fit
+from tf_diffusion.training import (
+    RoundDecay,
+    Trainer,
+    TrainingDiverged,
+    check_batch_split,
+    fit,
+)
 
 
 @pytest.mark.parametrize(
@@ -156,3 +163,17 @@ def test_gpu_options_train_on_any_device(option):
     if option == "mixed_precision":
         assert trainer.model.layers[2].compute_dtype == "float16"
         assert isinstance(trainer.optimizer, tf.keras.optimizers.LossScaleOptimizer)
+
+
+def test_a_global_batch_that_does_not_split_over_the_replicas_is_a_one_line_error():
+    class ThreeReplicas:  # all that is read before the batch is checked
+        num_replicas_in_sync = 3
+
+    with pytest.raises(UsageError) as error:
+        Trainer(tiny_config(batch_size=64), ThreeReplicas())
+    assert str(error.value) == (
+        "--batch-size 64 does not split evenly over the 3 replicas; "
+        "give a multiple of 3, such as 63"
+    )
+    check_batch_split(64, 2)
+    check_batch_split(4, 1)

@@ -6,7 +6,9 @@ a temporary name and renamed) and only then rewrites the small `checkpoint`
 pointer file, atomically. A run killed in the middle of a save leaves the
 pointer on the previous checkpoint. If the newest checkpoint cannot be read,
 `restore` falls back to the one before it, says so, and moves the unreadable
-files aside (never deleting them).
+files aside (never deleting them). A reader (`predict.py`) takes no lock and
+moves nothing; when the run it reads prunes a checkpoint under it, it reads
+the pointer again. Each save first renews the run's lock (`lock.py`).
 """
 
 import datetime
@@ -16,35 +18,28 @@ import time
 
 import tensorflow as tf
 
-from tf_diffusion.config import Config, UsageError, load_run_config, no_checkpoint_error
+from tf_diffusion.config import (  # noqa: F401 (check_writable: commands and tests import it here)
+    Config,
+    UsageError,
+    check_writable,
+    load_run_config,
+    no_checkpoint_error,
+)
+from tf_diffusion.lock import LOCK_FILENAME, heartbeat, moved_aside
 from tf_diffusion.model import make_model
 
 CHECKPOINT_PREFIX = "ckpt"
-WRITE_PROBE = ".write-probe"
+# Objects a checkpoint may lack: only mixed-precision runs save their loss scale,
+# and a run may switch --mixed-precision when it resumes (it then starts afresh).
+OPTIONAL_OBJECTS = ("loss_scale",)
+# How often a reader starts again from the newest checkpoint when the run pruned the one it read.
+READER_REREADS = 20
 # Seconds to pause inside each save, between the files and the pointer (tests only).
 SAVE_DELAY_VARIABLE = "TF_DIFFUSION_SAVE_DELAY_SECONDS"
 
 
 def has_checkpoint(directory):
     return bool(directory) and tf.train.get_checkpoint_state(directory) is not None
-
-
-def check_writable(directory):
-    """Create `directory` if needed and prove that files can be written in it."""
-    flag = "--weights-dir"
-    if os.path.exists(directory) and not os.path.isdir(directory):
-        raise UsageError(f"{flag} {directory} is a file, not a folder; choose a folder")
-    try:
-        os.makedirs(directory, exist_ok=True)
-        probe = os.path.join(directory, WRITE_PROBE)
-        with open(probe, "w") as file:
-            file.write("ok")
-        os.remove(probe)
-    except OSError as error:
-        raise UsageError(
-            f"{flag} {directory} cannot be written ({error.strerror or error}); "
-            "choose a folder you can write to"
-        ) from None
 
 
 def move_aside(directory):
@@ -70,8 +65,9 @@ def resolve_config(directory, recipe=None, overrides=None, fresh=False):
     """
     overrides = {key: value for key, value in (overrides or {}).items() if value is not None}
     moved_to = None
-    if fresh and os.path.exists(directory) and os.listdir(directory):
+    if fresh and os.path.isdir(directory) and set(os.listdir(directory)) - {LOCK_FILENAME}:
         moved_to = move_aside(directory)
+        moved_aside(directory, moved_to)  # the lock this run holds goes with the folder: renew it
     saved = Config.load(directory) if has_checkpoint(directory) else None
     if saved is None:
         config = Config.for_recipe(recipe or "default", weights_dir=directory, **overrides)
@@ -98,6 +94,7 @@ class CheckpointStore:
 
     def __init__(self, directory, trackables, keep=3):
         self.directory = directory
+        self.trackables = dict(trackables)
         self.checkpoint = tf.train.Checkpoint(**trackables)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, directory, max_to_keep=keep, checkpoint_name=CHECKPOINT_PREFIX
@@ -108,12 +105,10 @@ class CheckpointStore:
         state = tf.train.get_checkpoint_state(self.directory)
         if state is None:
             return []
+        # get_checkpoint_state has already put the folder in front of relative paths.
         paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
         if state.model_checkpoint_path and state.model_checkpoint_path not in paths:
             paths.append(state.model_checkpoint_path)
-        paths = [
-            path if os.path.isabs(path) else os.path.join(self.directory, path) for path in paths
-        ]
         return sorted(set(paths), key=checkpoint_step, reverse=True)
 
     @property
@@ -122,19 +117,28 @@ class CheckpointStore:
         candidates = self.candidates()
         return checkpoint_step(candidates[0]) if candidates else 0
 
-    def restore(self, say=print, expect_partial=False):
+    def restore(self, say=print, expect_partial=False, reader=False):
         """Load the newest readable checkpoint; return its path, or None if there is none.
 
         A checkpoint whose files cannot be read is moved aside and the one
         before it is tried. One that reads but does not fit the model (another
-        version of the code) is an error: nothing is moved.
+        version of the code) is an error: nothing is moved. A `reader` (predict,
+        which takes no lock while a run may be saving) moves nothing either: a
+        read that fails because the run saved and pruned meanwhile starts again
+        from the newest checkpoint.
         """
         candidates = self.candidates()
-        for index, path in enumerate(candidates):
+        index, rereads = 0, 0
+        while index < len(candidates):
+            path = candidates[index]
             name = os.path.basename(path)
             try:
-                status = self.checkpoint.restore(path)
+                status = self.checkpoint_for(path).restore(path)
             except Exception as error:  # any failure to read means: try the one before
+                newest = self.candidates() if reader and rereads < READER_REREADS else candidates
+                if newest != candidates:
+                    candidates, index, rereads = newest, 0, rereads + 1
+                    continue
                 reason = first_line(error)
                 if index + 1 == len(candidates):
                     raise UsageError(
@@ -145,11 +149,11 @@ class CheckpointStore:
                     f"warning: checkpoint {name} is unreadable ({reason}); "
                     f"falling back to {os.path.basename(candidates[index + 1])}"
                 )
-                quarantine(path)
+                if not reader:
+                    quarantine(path)
+                index += 1
                 continue
-            if expect_partial:
-                status.expect_partial()
-            else:
+            if not expect_partial:
                 try:
                     status.assert_existing_objects_matched()
                 except AssertionError as error:
@@ -158,8 +162,23 @@ class CheckpointStore:
                         f"model ({first_line(error)[:200]}); use the tf-diffusion version that "
                         "wrote it, or start anew with --fresh"
                     ) from None
+            # What the file holds beyond this run's objects (the loss scale of a
+            # mixed-precision run resumed in float32) is left unread, silently.
+            status.expect_partial()
             return path
         return None
+
+    def checkpoint_for(self, path):
+        """What to restore `path` into: every object, less the optional ones the file lacks."""
+        optional = [name for name in OPTIONAL_OBJECTS if name in self.trackables]
+        if not optional:
+            return self.checkpoint
+        saved = {name.split("/")[0] for name, _ in tf.train.list_variables(path)}
+        missing = [name for name in optional if name not in saved]
+        if not missing:
+            return self.checkpoint
+        present = {key: value for key, value in self.trackables.items() if key not in missing}
+        return tf.train.Checkpoint(**present)
 
     def save(self, step, config):
         """Write checkpoint `ckpt-<step>` and config.json; the pointer moves last."""
@@ -171,6 +190,7 @@ class CheckpointStore:
             options = tf.train.CheckpointOptions(
                 experimental_write_callbacks=[lambda path: time.sleep(delay)]
             )
+        heartbeat(self.directory)  # and stop here if another run has taken over the folder
         try:
             config.save(self.directory)
             path = self.manager.save(checkpoint_number=step, options=options)
@@ -222,5 +242,5 @@ def load_sampling_checkpoint(directory, **changes):
     model = make_model(config)
     name = "ema_model" if config.ema_decay > 0 else "model"
     store = CheckpointStore(directory, {name: model})
-    path = store.restore(expect_partial=True)
+    path = store.restore(expect_partial=True, reader=True)
     return config, model, checkpoint_step(path)

@@ -19,6 +19,7 @@ from tf_diffusion.config import CIFAR10_CLASS_NAMES, UsageError, best_run_direct
 from tf_diffusion.data import load_images, make_dataset
 from tf_diffusion.export import export_run
 from tf_diffusion.images import save_gif, save_grid, save_strip, temporary_path, to_uint8
+from tf_diffusion.lock import training_lock
 from tf_diffusion.sampling import Sampler
 from tf_diffusion.schedule import LevelDraw
 from tf_diffusion.tracking import KidTracker
@@ -29,6 +30,14 @@ ROUND_SAMPLES = 25
 
 def train(weights_dir="checkpoints", recipe=None, overrides=None, fresh=False, quiet=False):
     """Train (or resume) the run in `weights_dir` up to its `max_steps`; return the step reached."""
+    # One run, one writer: the run holds the folder's lock from before --fresh moves anything.
+    # A worker that is not the chief holds none, and leaves moving the old run to the chief.
+    with training_lock(weights_dir, (overrides or {}).get("distribute"), fresh) as lock:
+        return train_holding_lock(weights_dir, recipe, overrides, fresh and lock is not None, quiet)
+
+
+def train_holding_lock(weights_dir, recipe, overrides, fresh, quiet):
+    """`train`, once this process holds the lock on `weights_dir` (or is not the chief)."""
     # Settle the settings: the saved run's, or a new one's.
     config, resumed, moved_to = resolve_config(weights_dir, recipe, overrides, fresh)
     if moved_to:
@@ -243,12 +252,12 @@ def save_npz(images, path):
     """Write `images` under key `x`, atomically."""
     buffer = io.BytesIO()
     np.savez_compressed(buffer, x=images)
-    temporary = temporary_path(path)
     try:
+        temporary = temporary_path(path)
         with open(temporary, "wb") as file:
             file.write(buffer.getvalue())
+        os.replace(temporary, path)
     except OSError as error:
         raise UsageError(
             f"--npz {path} cannot be written ({error.strerror}); choose another path"
         ) from None
-    os.replace(temporary, path)

@@ -8,10 +8,12 @@ which validates it. Nothing here needs TensorFlow, so `train.py` and
 `predict.py` report plain mistakes before it loads.
 """
 
+import argparse
 import dataclasses
 import json
 import math
 import os
+import sys
 
 CIFAR10_CLASS_NAMES = (
     "airplane",
@@ -30,6 +32,9 @@ CONFIG_FILENAME = "config.json"
 BEST_FOLDER = "best"  # in the weights folder: the checkpoint with the lowest tracked KID
 IMAGE_SIZE = 32
 IMAGE_CHANNELS = 3
+WRITE_PROBE = ".write-probe"
+# predict.py's --num: 50000 is the usual FID sample; past this, run again with another --seed.
+MAX_SAMPLES = 100_000
 
 
 class UsageError(ValueError):
@@ -119,6 +124,8 @@ class Config:
             check_choice(name, getattr(self, name))
         for name in AT_LEAST_ONE:
             check_at_least(name, getattr(self, name), 1)
+        for name, maximum in AT_MOST.items():
+            check_at_most(name, getattr(self, name), maximum)
         check_at_least("max_steps", self.max_steps, 0)
         check_at_least("warmup_steps", self.warmup_steps, 0)
         check_positive("min_snr_gamma", self.min_snr_gamma)
@@ -139,8 +146,22 @@ class Config:
                 f"recipe {self.recipe!r} predicts the next level: it takes every level in turn, "
                 "so --loss-weighting, --sampler and --spacing keep their first choices"
             )
-        check_at_least("save_every_minutes", self.save_every_minutes, 0)
-        check_positive("learning_rate", self.learning_rate)
+        check_seed(self.seed)
+        if not 0 <= self.save_every_minutes < math.inf:
+            raise UsageError(
+                "--save-every-minutes must be a number of minutes, 0 or more (0 turns it off), "
+                f"got {self.save_every_minutes}"
+            )
+        if not 0 < self.learning_rate < math.inf:
+            raise UsageError(f"--lr must be a positive number, got {self.learning_rate}")
+        if not 0 < self.learning_rate_decay <= 1:
+            raise UsageError(
+                f"--lr-decay must be in (0, 1] (1 keeps the rate), got {self.learning_rate_decay}"
+            )
+        if not 0 <= self.learning_rate_floor < math.inf:
+            raise UsageError(
+                f"learning_rate_floor must be a number, 0 or more, got {self.learning_rate_floor}"
+            )
         if not 0 <= self.ema_decay < 1:
             raise UsageError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.prediction == "next" and self.sampling_steps != self.timesteps:
@@ -187,6 +208,11 @@ class Config:
         existed, so the value that reproduces that version is the right one,
         whatever today's default.
         """
+        if not isinstance(values, dict):
+            raise UsageError(
+                f"{CONFIG_FILENAME} holds {type(values).__name__}, not a JSON object of settings; "
+                "restore it or start anew with --fresh"
+            )
         values = {key: value for key, value in values.items() if key not in RETIRED_SETTINGS}
         values = {**FIRST_VERSION, **values}
         known = {field.name for field in dataclasses.fields(cls)}
@@ -196,6 +222,12 @@ class Config:
                 f"config.json has settings this version does not know ({', '.join(unknown)}); "
                 "update tf-diffusion or use another --weights-dir"
             )
+        for field in dataclasses.fields(cls):
+            if field.name in values and not has_type(values[field.name], field.type):
+                raise UsageError(
+                    f"{CONFIG_FILENAME}: {field.name} is {values[field.name]!r}, not "
+                    f"{TYPE_NAMES[field.type]}; restore it or start anew with --fresh"
+                )
         return cls(**values)
 
     def save(self, directory):
@@ -207,14 +239,19 @@ class Config:
         """The config saved in `directory`, or None if it has none."""
         path = os.path.join(directory, CONFIG_FILENAME)
         try:
-            with open(path) as file:
+            with open(path, encoding="utf-8") as file:
                 values = json.load(file)
         except FileNotFoundError:
             return None
-        except json.JSONDecodeError as error:
+        except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
             raise UsageError(
                 f"--weights-dir {directory}: {CONFIG_FILENAME} is not valid JSON ({error}); "
                 "restore it or start anew with --fresh"
+            ) from None
+        except OSError as error:
+            raise UsageError(
+                f"--weights-dir {directory}: {CONFIG_FILENAME} cannot be read "
+                f"({error.strerror or error}); restore it or start anew with --fresh"
             ) from None
         return cls.from_dict(values)
 
@@ -305,6 +342,17 @@ CHOICES = {
     "distribute": ("none", "mirrored", "multi-worker", "tpu"),
 }
 
+# Upper bounds: past these a setting means nothing for 32x32 images (or exhausts memory), or
+# overflows a TensorFlow int32 shape. The seed's range is `check_seed`'s.
+AT_MOST = {
+    "width": 1024,
+    "timesteps": 100_000,
+    "batch_size": 2**31 - 1,
+    "steps_per_call": 2**31 - 1,
+}
+
+TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+
 AT_LEAST_ONE = (
     "width",
     "timesteps",
@@ -361,20 +409,41 @@ def check_positive(name, value):
         raise UsageError(f"{flag(name)} must be positive and finite, got {value}")
 
 
+def check_at_most(name, value, maximum):
+    """Raise `UsageError` unless `value` <= `maximum` (`name` is a setting or a flag)."""
+    if not value <= maximum:
+        name = name if name.startswith("--") else flag(name)
+        raise UsageError(f"{name} must be at most {maximum}, got {value}")
+
+
+def check_seed(seed):
+    """Raise `UsageError` unless `seed` is one NumPy, Keras and TensorFlow all take."""
+    if not 0 <= seed < 2**32:
+        raise UsageError(f"--seed must be from 0 to {2**32 - 1}, got {seed}")
+
+
+def has_type(value, kind):
+    """Whether a value read from config.json has the type of a `Config` field."""
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
 def parse_label(value):
     """A CIFAR-10 label from 0-9 or a class name (any case)."""
     if isinstance(value, bool):
         value = str(value)
-    if isinstance(value, int):
-        text = str(value)
-    else:
-        text = str(value).strip()
-    if text.lstrip("-").isdigit():
-        number = int(text)
-        if 0 <= number < len(CIFAR10_CLASS_NAMES):
-            return number
-    elif text.lower() in CIFAR10_CLASS_NAMES:
+    text = str(value).strip()
+    if text.lower() in CIFAR10_CLASS_NAMES:
         return CIFAR10_CLASS_NAMES.index(text.lower())
+    try:
+        number = int(text)
+    except ValueError:
+        number = None
+    if number is not None and 0 <= number < len(CIFAR10_CLASS_NAMES):
+        return number
     raise UsageError(
         f"--label {value!r} is not a CIFAR-10 class; use 0-9 or one of: "
         + ", ".join(CIFAR10_CLASS_NAMES)
@@ -399,9 +468,18 @@ def parse_grid(text, count=None):
         columns = math.ceil(math.sqrt(count))
         return math.ceil(count / columns), columns
     parts = str(text).lower().split("x")
-    if len(parts) != 2 or not all(part.isdigit() and int(part) > 0 for part in parts):
+    try:
+        rows, columns = (int(part) if part.isdecimal() else 0 for part in parts)
+    except ValueError:  # not two parts, or a number too long to read
+        rows = columns = 0
+    if rows < 1 or columns < 1:
         raise UsageError(f"--grid {text!r} is not ROWSxCOLS, for example 4x8")
-    return int(parts[0]), int(parts[1])
+    if count is not None and max(rows, columns) > count:
+        raise UsageError(
+            f"--grid {text}: more rows or columns than the {count} images (--num); "
+            "choose a smaller grid"
+        )
+    return rows, columns
 
 
 def check_inception_weights(weights):
@@ -413,7 +491,7 @@ def check_inception_weights(weights):
         )
 
 
-def check_seed(seed):
+def check_sampling_seed(seed):
     """Raise `UsageError` unless `seed` fits the int32 seed of the exported sampler."""
     if not -(2**31) <= seed < 2**31:
         raise UsageError(
@@ -421,24 +499,43 @@ def check_seed(seed):
         )
 
 
-def check_arguments(recipe, overrides):
-    """Check train.py's settings without TensorFlow: ranges, the label, the data path."""
+def check_arguments(recipe, overrides, weights_dir="checkpoints"):
+    """Check train.py's settings without TensorFlow: ranges, the label, the paths."""
     Config.for_recipe(recipe or "default", **overrides)
     check_data_path(overrides.get("data"))
     check_inception_weights(overrides.get("inception_weights"))
+    check_folder_path("--weights-dir", weights_dir)
 
 
 def check_predict_arguments(
-    weights_dir, num, grid=None, data=None, seed=0, best=False, export=None, **changes
+    weights_dir="checkpoints",
+    num=25,
+    out=None,
+    grid=None,
+    npz=None,
+    steps=False,
+    gif=None,
+    seed=0,
+    evaluate=False,
+    data=None,
+    inception_weights="imagenet",
+    best=False,
+    export=None,
+    **changes,
 ):
     """Check predict.py's arguments without TensorFlow: counts, layout, paths, the run's ranges.
 
     `changes` are the predict-time settings (`sampling_steps`, `sampler`, `spacing`).
     """
     check_at_least("--num", num, 1)
-    check_seed(seed)
+    check_at_most("--num", num, MAX_SAMPLES)
+    check_sampling_seed(seed)
     parse_grid(grid, num)
-    check_data_path(data)
+    if evaluate:
+        check_data_path(data)
+        check_inception_weights(inception_weights)
+    for name, path in (("--out", out), ("--npz", npz), ("--gif", gif)):
+        check_output_path(name, path)
     if best:
         weights_dir = best_run_directory(weights_dir)
     load_run_config(weights_dir, **changes)
@@ -466,8 +563,76 @@ def best_run_directory(weights_dir):
     return best
 
 
+def check_folder_path(name, folder):
+    """Raise `UsageError` if `folder` cannot be a folder: empty, a file, or below a file."""
+    if not folder:
+        raise UsageError(f"{name} is empty; give a folder")
+    existing = nearest_existing(folder)
+    if existing == os.path.abspath(folder) and not os.path.isdir(existing):
+        raise UsageError(f"{name} {folder} is a file, not a folder; choose a folder")
+    if not os.path.isdir(existing):
+        raise UsageError(
+            f"{name} {folder} cannot be written ({existing} is a file); choose another folder"
+        )
+
+
+def check_output_path(name, path):
+    """Raise `UsageError` unless a file can be written at `path` (missing folders are made later).
+
+    Writes and removes a probe file beside it, or in the nearest folder that exists.
+    """
+    if not path:
+        return
+    if os.path.isdir(path) or not os.path.basename(path):
+        raise UsageError(f"{name} {path} is a folder; give a file name, such as samples.png")
+    folder = nearest_existing(os.path.dirname(os.path.abspath(path)))
+    if not os.path.isdir(folder):
+        raise UsageError(
+            f"{name} {path} cannot be written ({folder} is a file, not a folder); "
+            "choose another path"
+        )
+    # The same name that the file's temporary copy will have, so a name too long fails here.
+    probe = os.path.join(folder, "." + os.path.basename(path) + ".tmp")
+    try:
+        descriptor = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    except OSError as error:
+        raise UsageError(
+            f"{name} {path} cannot be written ({error.strerror or error}); choose another path"
+        ) from None
+    os.close(descriptor)
+    os.remove(probe)
+
+
+def check_writable(directory, name="--weights-dir"):
+    """Create `directory` if needed and prove that files can be written in it."""
+    check_folder_path(name, directory)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        probe = os.path.join(directory, WRITE_PROBE)
+        with open(probe, "w") as file:
+            file.write("ok")
+        os.remove(probe)
+    except OSError as error:
+        raise UsageError(
+            f"{name} {directory} cannot be written ({error.strerror or error}); "
+            "choose a folder you can write to"
+        ) from None
+
+
+def nearest_existing(path):
+    """`path` made absolute, or its nearest parent that exists."""
+    path = os.path.abspath(path)
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
 def load_run_config(weights_dir, **changes):
     """The config saved in `weights_dir` with predict-time `changes`, checked without TensorFlow."""
+    if weights_dir and os.path.exists(weights_dir) and not os.path.isdir(weights_dir):
+        raise UsageError(f"--weights-dir {weights_dir} is a file, not a run folder")
     if not weights_dir or not os.path.isdir(weights_dir):
         raise UsageError(f"--weights-dir {weights_dir}: no such folder; train first with train.py")
     config = Config.load(weights_dir)
@@ -486,3 +651,36 @@ def no_checkpoint_error(weights_dir):
         f"--weights-dir {weights_dir} has no checkpoint; train first with "
         f"'python train.py --weights-dir {weights_dir}'"
     )
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, but its error message stays on one line whatever the input."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {printable(message)}\n")
+
+
+def printable(text):
+    """`text` on one line: line breaks, control characters and undecodable bytes escaped."""
+    return "".join(
+        character if character.isprintable() else ascii(character)[1:-1] for character in text
+    )
+
+
+def error_line(error):
+    """How the scripts report a `UsageError`: one line, 'error: ...'."""
+    return f"error: {printable(str(error))}"
+
+
+def exit_with_error(error):
+    """Print `error` as one `error:` line and exit with status 2, as argparse does."""
+    print(error_line(error), file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def escape_unprintable_output():
+    """Let stdout and stderr print any path (bytes that are not UTF-8 come out escaped)."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")

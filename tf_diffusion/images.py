@@ -1,5 +1,6 @@
 """Pictures: sample grids and denoising strips as PNG (matplotlib), and GIFs (Pillow)."""
 
+import contextlib
 import os
 
 import matplotlib
@@ -8,7 +9,7 @@ matplotlib.use("Agg")  # files only; no window is ever opened
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tf_diffusion.config import parse_grid  # noqa: E402
+from tf_diffusion.config import UsageError, parse_grid  # noqa: E402
 
 
 def to_uint8(images):
@@ -98,27 +99,40 @@ def save_gif(frames, levels, path, milliseconds_per_frame=120, scale=4, hold_las
         pictures.append(picture)
     durations = [milliseconds_per_frame] * len(pictures)
     durations[-1] = milliseconds_per_frame * hold_last
-    temporary = temporary_path(path)
-    pictures[0].save(
-        temporary,
-        format="GIF",
-        save_all=True,
-        append_images=pictures[1:],
-        duration=durations,
-        loop=0,
-        disposal=1,
-        optimize=False,
-    )
-    os.replace(temporary, path)
+    with unwritable_as_usage_error(path):
+        temporary = temporary_path(path)
+        pictures[0].save(
+            temporary,
+            format="GIF",
+            save_all=True,
+            append_images=pictures[1:],
+            duration=durations,
+            loop=0,
+            disposal=1,
+            optimize=False,
+        )
+        os.replace(temporary, path)
 
 
 def write_figure(figure, path):
-    temporary = temporary_path(path)
     try:
-        figure.savefig(temporary, format="png")
+        with unwritable_as_usage_error(path):
+            temporary = temporary_path(path)
+            figure.savefig(temporary, format="png")
+            os.replace(temporary, path)
     finally:
         plt.close(figure)
-    os.replace(temporary, path)
+
+
+@contextlib.contextmanager
+def unwritable_as_usage_error(path):
+    """Report a file that cannot be written as one line (the command lines check it earlier)."""
+    try:
+        yield
+    except OSError as error:
+        raise UsageError(
+            f"{path} cannot be written ({error.strerror or error}); choose another path"
+        ) from None
 
 
 def temporary_path(path):

@@ -16,7 +16,8 @@ import time
 import keras
 import tensorflow as tf
 
-from tf_diffusion.config import IMAGE_CHANNELS, IMAGE_SIZE, check_choice
+from tf_diffusion.config import IMAGE_CHANNELS, IMAGE_SIZE, UsageError, check_choice
+from tf_diffusion.lock import is_chief_task
 from tf_diffusion.model import call_network, make_model
 from tf_diffusion.schedule import NoiseSchedule, loss_weights, training_pair
 
@@ -44,10 +45,17 @@ def is_chief(strategy):
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not resolver.task_type:
         return True
-    if resolver.task_type == "chief":
-        return True
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+    return is_chief_task(resolver.task_type, resolver.task_id, resolver.cluster_spec().as_dict())
+
+
+def check_batch_split(batch_size, replicas):
+    """Raise `UsageError` unless the global batch splits evenly over the replicas."""
+    if batch_size % replicas:
+        multiple = max(1, round(batch_size / replicas)) * replicas
+        raise UsageError(
+            f"--batch-size {batch_size} does not split evenly over the {replicas} replicas; "
+            f"give a multiple of {replicas}, such as {multiple}"
+        )
 
 
 class TrainingDiverged(RuntimeError):
@@ -118,6 +126,7 @@ class Trainer:
     def __init__(self, config, strategy=None):
         self.config = config
         self.strategy = strategy or tf.distribute.get_strategy()
+        check_batch_split(config.batch_size, self.strategy.num_replicas_in_sync)
         self.schedule = NoiseSchedule.from_config(config)
         learning_rate = config.learning_rate
         if config.scale_learning_rate:
@@ -134,12 +143,18 @@ class Trainer:
             self.adam = keras.optimizers.Adam(learning_rate_schedule(config, learning_rate))
             self.adam.build(self.model.trainable_variables)
             # `optimizer` applies the gradients; `adam` is the plain Adam inside
-            # it, which the checkpoint holds so that float32 and mixed-precision
-            # runs save the same variables.
+            # it, which the checkpoint holds as "optimizer" so that float32 and
+            # mixed-precision runs save the same Adam variables. A mixed-precision
+            # run also saves its dynamic loss scale, as "loss_scale", so that it
+            # resumes exactly; a run may switch --mixed-precision when it resumes.
             self.optimizer = self.adam
+            self.loss_scale = None
             if config.mixed_precision:
                 self.optimizer = keras.optimizers.LossScaleOptimizer(self.adam)
                 self.optimizer.build(self.model.trainable_variables)
+                self.loss_scale = tf.Module(name="loss_scale")
+                self.loss_scale.dynamic_scale = self.optimizer.dynamic_scale
+                self.loss_scale.step_counter = self.optimizer.step_counter
             # Used only when `train_one` is called without levels and noise.
             self.generator = tf.random.Generator.from_seed(config.seed)
             # The data pipeline's position: a resumed run starts it here.
@@ -173,6 +188,8 @@ class Trainer:
         }
         if self.ema_model is not None:
             objects["ema_model"] = self.ema_model
+        if self.loss_scale is not None:
+            objects["loss_scale"] = self.loss_scale
         return objects
 
     # ---- steps
