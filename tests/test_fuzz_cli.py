@@ -275,7 +275,7 @@ KNOWN = [
     ("predict.py", ["--out", "{root}/" + "n" * 300 + ".png"], "cannot be written (File name"),
     ("predict.py", ["--grid", "1x100"], "more rows or columns than the 25 images"),
     ("predict.py", ["--grid", "\u00b2x\u00b2"], "is not ROWSxCOLS"),
-    ("predict.py", ["--seed=-1"], "--seed must be from 0 to 4294967295, got -1"),
+    ("predict.py", ["--seed=-1"], "--seed must be from 0 to 2147483647, got -1"),
     ("predict.py", ["--evaluate", "--inception-weights", "{root}/none.h5"], "no such file"),
     ("predict.py", ["--weights-dir", "{file}"], "is a file, not a run folder"),
     ("predict.py", ["--weights-dir", "{root}/config-garbled"], "is not valid JSON"),

@@ -123,7 +123,7 @@ def test_best_moves_only_to_a_lower_kid_measured_the_same_way(tmp_path, monkeypa
     "script, arguments, fragments",
     [
         ("predict.py", ["--best"], ["--best: --weights-dir", "has no best checkpoint"]),
-        ("predict.py", ["--seed", "2147483648"], ["--seed 2147483648 is out of range"]),
+        ("predict.py", ["--seed", "2147483648"], ["--seed must be from 0 to 2147483647"]),
         ("predict.py", ["--export", "RUN"], ["run already exists and is not an empty folder"]),
         ("train.py", ["--track-kid", "1"], ["--track-kid must be 0 (off) or at least 2, got 1"]),
         ("train.py", ["--inception-weights", "x.h5"], ["--inception-weights x.h5: no such file"]),

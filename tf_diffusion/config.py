@@ -492,11 +492,9 @@ def check_inception_weights(weights):
 
 
 def check_sampling_seed(seed):
-    """Raise `UsageError` unless `seed` fits the int32 seed of the exported sampler."""
-    if not -(2**31) <= seed < 2**31:
-        raise UsageError(
-            f"--seed {seed} is out of range; use a number from {-(2**31)} to {2**31 - 1}"
-        )
+    """Raise `UsageError` unless `seed` is 0 or more and fits the exported sampler's int32."""
+    if not 0 <= seed < 2**31:
+        raise UsageError(f"--seed must be from 0 to {2**31 - 1}, got {seed}")
 
 
 def check_arguments(recipe, overrides, weights_dir="checkpoints"):
