@@ -30,7 +30,7 @@ import numpy as np
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [REPOSITORY, os.path.join(REPOSITORY, "tests")]
 
-from conftest import tiny_flags  # noqa: E402
+from conftest import tiny_train_command  # noqa: E402
 
 from tf_diffusion.checkpoint import (  # noqa: E402
     SAVE_DELAY_VARIABLE,
@@ -87,16 +87,9 @@ def main():
     chooser = random.Random(arguments.seed)
 
     def command(max_steps):
-        return [
-            sys.executable,
-            os.path.join(REPOSITORY, "train.py"),
-            "--data",
-            data,
-            "--weights-dir",
-            weights_dir,
-            *tiny_flags(batch_size=8, save_every=1, keep_checkpoints=3, max_steps=max_steps),
-            "--quiet",
-        ]
+        return tiny_train_command(
+            weights_dir, data, batch_size=8, save_every=1, keep_checkpoints=3, max_steps=max_steps
+        )
 
     print(f"bench/fault_injection.py: {arguments.kills} SIGKILLs, work folder {folder}")
     print(f"command: {' '.join(shlex.quote(part) for part in command('N'))}")

@@ -36,7 +36,7 @@ import time
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [REPOSITORY, os.path.join(REPOSITORY, "tests")]
 
-from conftest import synthetic_images, tiny_flags  # noqa: E402
+from conftest import synthetic_images, tiny_train_command  # noqa: E402
 
 ENVIRONMENT = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 CONTENDER_PAUSE_SECONDS = 3.0
@@ -57,16 +57,9 @@ def parse_arguments():
 
 
 def train_command(weights_dir, data):
-    return [
-        sys.executable,
-        os.path.join(REPOSITORY, "train.py"),
-        *tiny_flags(save_every=1, keep_checkpoints=3, max_steps=10**9, save_every_minutes=0),
-        "--data",
-        data,
-        "--weights-dir",
-        weights_dir,
-        "--quiet",
-    ]
+    return tiny_train_command(
+        weights_dir, data, save_every=1, keep_checkpoints=3, max_steps=10**9, save_every_minutes=0
+    )
 
 
 def write_report(path, counts):

@@ -1,5 +1,6 @@
 import importlib.util
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -24,6 +25,20 @@ def tiny_flags(**changes):
     """The tiny run's settings as train.py flags, with `changes`."""
     return [
         f"--{name.replace('_', '-')}={value}" for name, value in tiny_settings(**changes).items()
+    ]
+
+
+def tiny_train_command(weights_dir, data, **changes):
+    """The train.py command line of a quiet tiny run on `data`, with `changes`."""
+    return [
+        sys.executable,
+        os.path.join(REPOSITORY, "train.py"),
+        "--data",
+        str(data),
+        "--weights-dir",
+        str(weights_dir),
+        *tiny_flags(**changes),
+        "--quiet",
     ]
 
 
