@@ -63,15 +63,20 @@ def test_learning_rate_decays_by_rounds_down_to_the_floor():
     assert float(schedule(5000 * 200)) == pytest.approx(1e-6)
 
 
-def test_trainer_learning_rate_follows_the_step():
-    config = tiny_config("classic", round_steps=2, learning_rate=1e-3, learning_rate_decay=0.5)
+def learning_rates(config, steps):
+    """The trainer's learning rate before each of `steps` training steps."""
     trainer = Trainer(config)
     images = scale_images(synthetic_images(4))
     rates = []
-    for _ in range(4):
+    for _ in range(steps):
         rates.append(trainer.learning_rate)
         trainer.train_one(images)
-    assert rates == pytest.approx([1e-3, 1e-3, 5e-4, 5e-4])
+    return rates
+
+
+def test_trainer_learning_rate_follows_the_step():
+    config = tiny_config("classic", round_steps=2, learning_rate=1e-3, learning_rate_decay=0.5)
+    assert learning_rates(config, 4) == pytest.approx([1e-3, 1e-3, 5e-4, 5e-4])
 
 
 def test_cosine_learning_rate_warms_up_then_decays_to_the_floor_at_max_steps():
@@ -83,12 +88,7 @@ def test_cosine_learning_rate_warms_up_then_decays_to_the_floor_at_max_steps():
         max_steps=6,
         learning_rate_floor=1e-5,
     )
-    trainer = Trainer(config)
-    images = scale_images(synthetic_images(4))
-    rates = []
-    for _ in range(7):
-        rates.append(trainer.learning_rate)
-        trainer.train_one(images)
+    rates = learning_rates(config, 7)
     assert rates[:3] == pytest.approx([0.0, 5e-4, 1e-3])
     assert rates[2] > rates[3] > rates[4] > rates[5] > rates[6]
     assert rates[6] == pytest.approx(1e-5)

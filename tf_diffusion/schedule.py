@@ -317,11 +317,6 @@ def next_level_step(denoise, schedule, images, level, next_level, previous_clean
 SAMPLERS = {"ddim": ddim_step, "dpm-solver++": dpm_solver_step, "heun": heun_step}
 
 
-def network_evaluations(sampler, sampling_steps):
-    """How many times a sampler runs the network per image."""
-    return 2 * sampling_steps - 1 if sampler == "heun" else sampling_steps
-
-
 # ---- the classic recipe's public functions
 
 
