@@ -42,6 +42,21 @@ VALIDATION_SIZE = 500
 # BUDGET_STEPS stands for the steps that v1 reached on the same budget, so that
 # a schedule that decays to --max-steps ends where the budget does.
 BUDGET_STEPS = "{budget_steps}"
+COMBINED = [
+    "--prediction",
+    "velocity",
+    "--loss-weighting",
+    "min-snr",
+    "--noise-keys",
+    "tagged",
+    "--embedding-max-frequency",
+    "100",
+    "--time-conditioning",
+    "scale-shift",
+    "--lr",
+    "2e-3",
+]
+COSINE_TO_BUDGET = ["--lr-schedule", "cosine", "--warmup-steps", "100", "--max-steps", BUDGET_STEPS]
 VARIANTS = {
     "v1": [],
     "tagged-keys": ["--noise-keys", "tagged"],
@@ -64,6 +79,15 @@ VARIANTS = {
     "embedding-100": ["--embedding-max-frequency", "100"],
     "attention": ["--attention"],
     "lr-2e-3": ["--lr", "2e-3"],
+    # Combinations: v-prediction with min-SNR, the two fixes (tagged keys, an
+    # embedding that does not alias), AdaGN, a higher rate with a warm-up.
+    "combined-constant": [*COMBINED, "--warmup-steps", "100"],
+    "combined-cosine": [*COMBINED, *COSINE_TO_BUDGET],
+    "combined-cosine-bias": [
+        *[flag for flag in COMBINED if flag not in ("--time-conditioning", "scale-shift")],
+        *COSINE_TO_BUDGET,
+    ],
+    "combined-cosine-flip": [*COMBINED, *COSINE_TO_BUDGET, "--flip"],
 }
 
 
@@ -75,6 +99,11 @@ def parse_arguments():
     parser.add_argument("--sampling-steps", type=int, default=25)
     parser.add_argument("--data", default=quality.DEFAULT_DATA)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--budget-steps",
+        type=int,
+        help="the steps a schedule decays to (default: those v1 reached in this sweep)",
+    )
     parser.add_argument("--out-dir", default=os.path.join(REPOSITORY, "runs", "sweep"))
     parser.add_argument(
         "--quality-python",
@@ -138,8 +167,10 @@ def main():
         flags = ["--recipe", "v1", *VARIANTS[name]]
         if BUDGET_STEPS in flags:
             reached = [row["steps"] for row in rows if row["variant"] == "v1"]
+            if arguments.budget_steps:
+                reached = [arguments.budget_steps]
             if not reached:
-                sys.exit(f"error: variant {name} needs v1's steps; run v1 first")
+                sys.exit(f"error: variant {name} needs --budget-steps or v1's steps; run v1 first")
             flags[flags.index(BUDGET_STEPS)] = str(reached[0])
         training = argparse.Namespace(**dict(vars(arguments), data=train_path))
         steps, wall, train_command = quality.train(flags, weights_dir, training, log)
