@@ -14,6 +14,7 @@ comes out, with the exact commands.
 """
 
 import argparse
+import concurrent.futures
 import json
 import os
 import platform
@@ -23,11 +24,15 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import psutil
 
-REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.dirname(os.path.abspath(__file__))
+REPOSITORY = os.path.dirname(BENCH)
+sys.path[:0] = [REPOSITORY, BENCH]
 DEFAULT_DATA = os.path.join(REPOSITORY, "..", "shared", "data", "cifar10_automobile_train.npz")
 QUALITY_TOOL = os.path.join(REPOSITORY, "..", "shared", "tools", "quality.py")
+VALIDATION_SIZE = 500
 
 
 def parse_arguments():
@@ -39,6 +44,11 @@ def parse_arguments():
         default=64.0,
         help="CPU time each recipe trains for (2 cores: about half as many wall minutes)",
     )
+    parser.add_argument(
+        "--parallel",
+        action="store_true",
+        help="train the recipes at the same time, each on an equal share of the cores",
+    )
     parser.add_argument("--num", type=int, default=1000, help="samples per evaluation")
     parser.add_argument(
         "--sampling-steps",
@@ -46,6 +56,12 @@ def parse_arguments():
         help="sampling steps to evaluate for recipes that choose them",
     )
     parser.add_argument("--data", default=DEFAULT_DATA)
+    parser.add_argument(
+        "--validation-size",
+        type=int,
+        default=VALIDATION_SIZE,
+        help="the last N images, never trained on, are a second reference; 0 trains on all",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", default=os.path.join(REPOSITORY, "runs", "quality"))
     parser.add_argument(
@@ -56,7 +72,34 @@ def parse_arguments():
     parser.add_argument(
         "--skip-training", action="store_true", help="evaluate the runs already in --out-dir"
     )
-    return parser.parse_args()
+    arguments = parser.parse_args()
+    if arguments.validation_size < 0:
+        parser.error(f"--validation-size: {arguments.validation_size} is negative; pass 0 or more")
+    return arguments
+
+
+def split_data(path, out_dir, validation_size=VALIDATION_SIZE):
+    """Write the training split (all but the last `validation_size`) and the validation split."""
+    train_path = os.path.join(out_dir, "train-split.npz")
+    validation_path = os.path.join(out_dir, "validation-split.npz")
+    if not os.path.exists(validation_path):
+        with np.load(path) as archive:
+            images = archive["x"]
+        if not 0 < validation_size < len(images):
+            sys.exit(f"error: --validation-size {validation_size} leaves no images in {path}")
+        np.savez(train_path, x=images[:-validation_size])
+        np.savez(validation_path, x=images[-validation_size:])
+    return train_path, validation_path
+
+
+def training_work(weights_dir):
+    """GFLOP of one training image (3 forward passes) of the run in `weights_dir`."""
+    from speed import forward_flops
+
+    from tf_diffusion.checkpoint import load_run_config
+    from tf_diffusion.model import make_model
+
+    return 3 * forward_flops(make_model(load_run_config(weights_dir))) / 1e9
 
 
 def machine():
@@ -72,8 +115,11 @@ def machine():
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def train(flags, weights_dir, arguments, log):
-    """Run train.py with `flags` until it spends the CPU budget; return (steps, wall s, command)."""
+def train(flags, weights_dir, arguments, log, threads=None):
+    """Run train.py with `flags` until it spends the CPU budget; return (steps, wall s, command).
+
+    `threads` caps TensorFlow's threads in that process (for recipes trained side by side).
+    """
     command = [
         sys.executable,
         "train.py",
@@ -92,7 +138,16 @@ def train(flags, weights_dir, arguments, log):
     budget = arguments.cpu_minutes * 60
     start = time.monotonic()
     with open(log, "a") as output:
-        process = subprocess.Popen(command, cwd=REPOSITORY, stdout=output, stderr=subprocess.STDOUT)
+        environment = dict(os.environ)
+        if threads:
+            environment.update(
+                TF_NUM_INTRAOP_THREADS=str(threads),
+                TF_NUM_INTEROP_THREADS=str(threads),
+                OMP_NUM_THREADS=str(threads),
+            )
+        process = subprocess.Popen(
+            command, cwd=REPOSITORY, stdout=output, stderr=subprocess.STDOUT, env=environment
+        )
         watched = psutil.Process(process.pid)
         while process.poll() is None:
             times = watched.cpu_times()
@@ -113,7 +168,8 @@ def train(flags, weights_dir, arguments, log):
     )
 
 
-def sample(weights_dir, out_prefix, arguments, sampling_steps, log):
+def sample(weights_dir, out_prefix, arguments, sampling_steps, log, flags=()):
+    """predict.py `--num` images from `weights_dir` into `out_prefix`.npz; (wall s, command)."""
     command = [
         sys.executable,
         "predict.py",
@@ -132,6 +188,7 @@ def sample(weights_dir, out_prefix, arguments, sampling_steps, log):
     ]
     if sampling_steps:
         command += ["--sampling-steps", str(sampling_steps)]
+    command += list(flags)
     start = time.monotonic()
     with open(log, "a") as output:
         subprocess.run(command, cwd=REPOSITORY, stdout=output, stderr=subprocess.STDOUT, check=True)
@@ -169,25 +226,56 @@ def number(results, *keys):
     return value
 
 
+def train_recipes(recipes, arguments, log, data):
+    """Train each recipe (side by side with --parallel); {recipe: (steps, wall s, command)}."""
+    runs = {}
+    for recipe in recipes:
+        weights_dir = os.path.join(arguments.out_dir, recipe)
+        if arguments.skip_training:
+            with open(os.path.join(weights_dir, "bench-training.json")) as file:
+                runs[recipe] = tuple(json.load(file))
+        elif os.path.exists(weights_dir):
+            sys.exit(f"error: {weights_dir} exists; move it away or pass --skip-training")
+    pending = [recipe for recipe in recipes if recipe not in runs]
+    training = argparse.Namespace(**dict(vars(arguments), data=data))
+    threads = max(1, os.cpu_count() // len(pending)) if arguments.parallel and pending else None
+
+    def run(recipe):
+        weights_dir = os.path.join(arguments.out_dir, recipe)
+        result = train(["--recipe", recipe], weights_dir, training, log, threads)
+        with open(os.path.join(weights_dir, "bench-training.json"), "w") as file:
+            json.dump(result, file)
+        return result
+
+    with concurrent.futures.ThreadPoolExecutor(len(pending) if threads else 1) as pool:
+        runs.update(zip(pending, pool.map(run, pending)))
+    return runs, threads
+
+
 def main():
     arguments = parse_arguments()
     os.makedirs(arguments.out_dir, exist_ok=True)
     log = os.path.join(arguments.out_dir, "log.txt")
+    train_data, validation_data = arguments.data, None
+    if arguments.validation_size:
+        train_data, validation_data = split_data(
+            arguments.data, arguments.out_dir, arguments.validation_size
+        )
+    import tensorflow as tf
+    from speed import matmul_peak
+
+    peak = matmul_peak(tf)
+    recipes = arguments.recipes.split(",")
+    runs, threads = train_recipes(recipes, arguments, log, train_data)
     rows = []
-    for recipe in arguments.recipes.split(","):
+    for recipe in recipes:
+        steps, wall, train_command = runs[recipe]
         weights_dir = os.path.join(arguments.out_dir, recipe)
-        record = os.path.join(weights_dir, "bench-training.json")
-        if arguments.skip_training:
-            with open(record) as file:
-                steps, wall, train_command = json.load(file)
-        else:
-            if os.path.exists(weights_dir):
-                sys.exit(f"error: {weights_dir} exists; move it away or pass --skip-training")
-            steps, wall, train_command = train(["--recipe", recipe], weights_dir, arguments, log)
-            with open(record, "w") as file:
-                json.dump([steps, wall, train_command], file)
         with open(os.path.join(weights_dir, "config.json")) as file:
             config = json.load(file)
+        images = steps * config["batch_size"]
+        # Work per second of all-core CPU time, comparable with the peak on a loaded machine.
+        gflops = training_work(weights_dir) * images / (arguments.cpu_minutes * 60 / os.cpu_count())
         choices = [None]
         if config["prediction"] != "next":
             choices = [int(value) for value in arguments.sampling_steps.split(",")]
@@ -198,25 +286,36 @@ def main():
             sample_seconds, sample_command = sample(
                 weights_dir, prefix, arguments, sampling_steps, log
             )
-            results = score(prefix + ".npz", arguments, log)
+            results = score(prefix + ".npz", arguments, log, reference=arguments.data)
+            on_validation = {}
+            if validation_data:
+                on_validation = score(
+                    prefix + ".npz", arguments, log, reference=validation_data, tag="validation"
+                )
             rows.append(
                 {
                     "recipe": recipe,
                     "width": config["width"],
                     "batch": config["batch_size"],
                     "steps": steps,
+                    "images": images,
+                    "cpu_minutes": arguments.cpu_minutes,
+                    "threads": threads,
                     "train_seconds": wall,
+                    "gflops": gflops,
                     "sampling_steps": sampling_steps or config["timesteps"],
                     "sample_seconds": sample_seconds,
                     "fid": number(results, "fid"),
                     "kid": number(results, "kid_mean"),
+                    "fid_validation": number(on_validation, "fid"),
+                    "kid_validation": number(on_validation, "kid_mean"),
                     "train_command": train_command,
                     "sample_command": sample_command,
                 }
             )
-            print_table(rows, arguments)
+            print_table(rows, arguments, peak)
     with open(os.path.join(arguments.out_dir, "results.json"), "w") as file:
-        json.dump({"machine": machine(), "rows": rows}, file, indent=2)
+        json.dump({"machine": machine(), "matmul_peak": peak, "rows": rows}, file, indent=2)
 
 
 def show(value, pattern):
@@ -224,32 +323,48 @@ def show(value, pattern):
     return "" if value is None else pattern.format(value)
 
 
-def print_table(rows, arguments):
+def print_table(rows, arguments, peak):
+    trained_on = "all the automobiles"
+    if arguments.validation_size:
+        trained_on = f"all but the last {arguments.validation_size} automobiles (validation)"
+    side_by_side = ""
+    if rows[0]["threads"]:
+        side_by_side = f", trained side by side on {rows[0]['threads']} thread(s) each"
     print(
-        f"\nbench/quality.py, {machine()}; {arguments.num} samples vs the "
-        f"5000 training automobiles; budget {arguments.cpu_minutes:g} CPU-minutes per recipe"
+        f"\nbench/quality.py, {machine()}; tf.matmul peak {peak:.0f} GFLOP/s in this run; "
+        f"trained on {trained_on}; {arguments.num} samples vs the 5000 automobiles "
+        f"and vs the validation split; budget {arguments.cpu_minutes:g} CPU-minutes per recipe"
+        f"{side_by_side}"
     )
     print(
-        "| recipe | width | batch | steps | images seen | train wall s | sampling steps | "
-        f"sample {arguments.num} s | FID | KID x1e3 |"
+        "| recipe | width | batch | CPU-min | steps | images seen | GFLOP/s (% of peak) | "
+        f"train wall s | sampling steps | sample {arguments.num} s | FID | KID x1e3 | "
+        "FID validation | KID validation x1e3 |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        seen = row["steps"] * row["batch"] if row["steps"] is not None else None
         kid = row["kid"] * 1e3 if row["kid"] is not None else None
+        kid_validation = row["kid_validation"]
+        kid_validation = kid_validation * 1e3 if kid_validation is not None else None
         print(
-            f"| {row['recipe']} | {row['width']} | {row['batch']} | {show(row['steps'], '{}')} | "
-            f"{show(seen, '{:,}')} | {show(row['train_seconds'], '{:.0f}')} | "
-            f"{row['sampling_steps']} | "
-            f"{row['sample_seconds']:.1f} | {show(row['fid'], '{:.1f}')} | {show(kid, '{:.1f}')} |"
+            f"| {row['recipe']} | {row['width']} | {row['batch']} | {row['cpu_minutes']:g} | "
+            f"{row['steps']} | {row['images']:,} | "
+            f"{row['gflops']:.0f} ({100 * row['gflops'] / peak:.0f}%) | "
+            f"{row['train_seconds']:.0f} | {row['sampling_steps']} | "
+            f"{row['sample_seconds']:.1f} | {show(row['fid'], '{:.1f}')} | {show(kid, '{:.1f}')} | "
+            f"{show(row['fid_validation'], '{:.1f}')} | {show(kid_validation, '{:.1f}')} |"
         )
-    classic = [row for row in rows if row["recipe"] == "classic" and row["fid"]]
-    for row in rows:
-        if classic and row["recipe"] != "classic" and row["fid"]:
-            print(
-                f"{row['recipe']} at {row['sampling_steps']} steps: FID ratio to classic "
-                f"{row['fid'] / classic[0]['fid']:.2f}"
-            )
+    for baseline in ("classic", "v1"):
+        reference = {
+            row["sampling_steps"]: row for row in rows if row["recipe"] == baseline and row["fid"]
+        }
+        for row in rows:
+            other = reference.get(row["sampling_steps"]) or next(iter(reference.values()), None)
+            if other and row["recipe"] != baseline and row["fid"]:
+                print(
+                    f"{row['recipe']} at {row['sampling_steps']} steps: FID ratio to {baseline} "
+                    f"at {other['sampling_steps']} {row['fid'] / other['fid']:.2f}"
+                )
     print("commands:")
     for row in rows:
         print(f"  {row['train_command']}\n  {row['sample_command']}")

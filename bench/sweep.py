@@ -28,15 +28,13 @@ import shlex
 import subprocess
 import sys
 
-import numpy as np
-
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPOSITORY = os.path.dirname(BENCH)
 sys.path[:0] = [REPOSITORY, BENCH]
 
 import quality  # noqa: E402
 
-VALIDATION_SIZE = 500
+VALIDATION_SIZE = quality.VALIDATION_SIZE
 
 # Each variant: the train.py flags that make it, on top of --recipe v1's defaults.
 # BUDGET_STEPS stands for the steps that v1 reached on the same budget, so that
@@ -119,28 +117,6 @@ def parse_arguments():
     return arguments
 
 
-def split_data(path, out_dir):
-    """Write the training and validation splits once; return their paths."""
-    train_path = os.path.join(out_dir, "train-split.npz")
-    validation_path = os.path.join(out_dir, "validation-split.npz")
-    if not os.path.exists(validation_path):
-        with np.load(path) as archive:
-            images = archive["x"]
-        np.savez(train_path, x=images[:-VALIDATION_SIZE])
-        np.savez(validation_path, x=images[-VALIDATION_SIZE:])
-    return train_path, validation_path
-
-
-def training_work(weights_dir):
-    """GFLOP of one training image (3 forward passes) of the run in `weights_dir`."""
-    from speed import forward_flops
-
-    from tf_diffusion.checkpoint import load_run_config
-    from tf_diffusion.model import make_model
-
-    return 3 * forward_flops(make_model(load_run_config(weights_dir))) / 1e9
-
-
 def main():
     arguments = parse_arguments()
     os.makedirs(arguments.out_dir, exist_ok=True)
@@ -150,7 +126,9 @@ def main():
     if os.path.exists(record):
         with open(record) as file:
             rows = json.load(file)["rows"]
-    train_path, validation_path = split_data(arguments.data, arguments.out_dir)
+    train_path, validation_path = quality.split_data(
+        arguments.data, arguments.out_dir, VALIDATION_SIZE
+    )
     import tensorflow as tf
     from speed import matmul_peak
 
@@ -184,7 +162,7 @@ def main():
         )
         with open(os.path.join(weights_dir, "config.json")) as file:
             batch = json.load(file)["batch_size"]
-        gflop_per_image = training_work(weights_dir)
+        gflop_per_image = quality.training_work(weights_dir)
         cpu_seconds = arguments.cpu_minutes * 60
         rows.append(
             {
