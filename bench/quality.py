@@ -9,8 +9,10 @@ system, all threads; so other work on the machine does not change a recipe's
 share), then stopped with Ctrl-C (SIGINT), which saves. Each run then samples
 `--num` images with `predict.py`, and the standard FID Inception network
 (`../shared/tools/quality.py`, run with the Python given by --quality-python
-or $QUALITY_PYTHON) scores them against the training images. One table
-comes out, with the exact commands.
+or $QUALITY_PYTHON) scores them against the images it trained on and against
+a validation split that no recipe trains on (the last `--validation-size`).
+One table comes out, with the exact commands, the `tf.matmul` peak measured in
+the same run and each recipe's training GFLOP/s.
 """
 
 import argparse
@@ -286,7 +288,7 @@ def main():
             sample_seconds, sample_command = sample(
                 weights_dir, prefix, arguments, sampling_steps, log
             )
-            results = score(prefix + ".npz", arguments, log, reference=arguments.data)
+            results = score(prefix + ".npz", arguments, log, reference=train_data)
             on_validation = {}
             if validation_data:
                 on_validation = score(
@@ -332,7 +334,7 @@ def print_table(rows, arguments, peak):
         side_by_side = f", trained side by side on {rows[0]['threads']} thread(s) each"
     print(
         f"\nbench/quality.py, {machine()}; tf.matmul peak {peak:.0f} GFLOP/s in this run; "
-        f"trained on {trained_on}; {arguments.num} samples vs the 5000 automobiles "
+        f"trained on {trained_on}; {arguments.num} samples vs the images trained on "
         f"and vs the validation split; budget {arguments.cpu_minutes:g} CPU-minutes per recipe"
         f"{side_by_side}"
     )

@@ -79,7 +79,8 @@ VARIANTS = {
     "lr-2e-3": ["--lr", "2e-3"],
     # Combinations: v-prediction with min-SNR, the two fixes (tagged keys, an
     # embedding that does not alias), AdaGN, a higher rate with a warm-up.
-    "combined-constant": [*COMBINED, "--warmup-steps", "100"],
+    # Warm-up, then constant: the cosine decays to the sweep's --max-steps 10000000.
+    "combined-constant": [*COMBINED, "--lr-schedule", "cosine", "--warmup-steps", "100"],
     "combined-cosine": [*COMBINED, *COSINE_TO_BUDGET],
     "combined-cosine-bias": [
         *[flag for flag in COMBINED if flag not in ("--time-conditioning", "scale-shift")],

@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""FID against model evaluations per image, for each sampler, on one run's weights.
+
+    python bench/samplers.py --weights-dir runs/quality/default --num 1000
+    python bench/samplers.py --weights-dir DIR --evaluations 10,15,25,50 \\
+        --samplers ddim:uniform,dpm-solver++:edm,heun:edm
+
+Each sampler samples `--num` images with `predict.py` from the same seed at
+about each number of network evaluations per image: DDIM and DPM-Solver++(2M)
+take one per step, Heun two per step and one on the last, so it gets the most
+steps that fit. The standard FID Inception network
+(`../shared/tools/quality.py`) scores them against the 5000 automobiles and,
+where the run's folder has one beside it, the validation split. The last
+column is each FID over 50-step DDIM's from the same weights, the reference
+that the issue's "15 evaluations as good as 50" is judged against.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, BENCH)
+
+import quality  # noqa: E402
+
+REFERENCE = ("ddim", "uniform", 50)
+
+
+def parse_arguments():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights-dir", required=True, help="a run folder with a checkpoint")
+    parser.add_argument(
+        "--evaluations", default="10,15,25,50", help="network evaluations per image"
+    )
+    parser.add_argument(
+        "--samplers",
+        default="ddim:uniform,dpm-solver++:uniform,dpm-solver++:edm,heun:edm",
+        help="comma list of SAMPLER:SPACING",
+    )
+    parser.add_argument("--num", type=int, default=1000, help="samples per evaluation")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", default=quality.DEFAULT_DATA)
+    parser.add_argument(
+        "--validation",
+        help="validation images (.npz); default: validation-split.npz beside the run, if any",
+    )
+    parser.add_argument("--out-dir", help="default: WEIGHTS_DIR-samplers")
+    parser.add_argument(
+        "--quality-python",
+        default=os.environ.get("QUALITY_PYTHON"),
+        help="Python of the venv where ../shared/tools/quality.py's needs are installed",
+    )
+    arguments = parser.parse_args()
+    if not os.path.isdir(arguments.weights_dir):
+        parser.error(f"--weights-dir: {arguments.weights_dir} is not a folder; pass a run folder")
+    try:
+        arguments.evaluations = [int(value) for value in arguments.evaluations.split(",")]
+    except ValueError:
+        parser.error(f"--evaluations: {arguments.evaluations!r} is not a comma list of integers")
+    if min(arguments.evaluations) < 1:
+        parser.error("--evaluations: each must be 1 or more")
+    pairs = [pair.split(":") for pair in arguments.samplers.split(",")]
+    if any(len(pair) != 2 for pair in pairs):
+        parser.error(f"--samplers: {arguments.samplers!r} is not a comma list of SAMPLER:SPACING")
+    arguments.samplers = [tuple(pair) for pair in pairs]
+    if not arguments.quality_python:
+        parser.error("--quality-python (or $QUALITY_PYTHON) is needed to score the samples")
+    if arguments.validation is None:
+        beside = os.path.join(
+            os.path.dirname(arguments.weights_dir.rstrip("/")), "validation-split.npz"
+        )
+        arguments.validation = beside if os.path.exists(beside) else None
+    arguments.out_dir = arguments.out_dir or arguments.weights_dir.rstrip("/") + "-samplers"
+    return arguments
+
+
+def steps_for(sampler, evaluations):
+    """The sampling steps that spend at most `evaluations` network calls per image."""
+    if sampler == "heun":
+        return max(1, (evaluations + 1) // 2)  # 2 per step, 1 on the last
+    return evaluations
+
+
+def evaluations_of(sampler, steps):
+    return 2 * steps - 1 if sampler == "heun" else steps
+
+
+def main():
+    arguments = parse_arguments()
+    os.makedirs(arguments.out_dir, exist_ok=True)
+    log = os.path.join(arguments.out_dir, "log.txt")
+    settings = {
+        (sampler, spacing, steps_for(sampler, evaluations))
+        for sampler, spacing in arguments.samplers
+        for evaluations in arguments.evaluations
+    }
+    settings = [REFERENCE, *sorted(settings - {REFERENCE})]
+    rows = []
+    for sampler, spacing, steps in settings:
+        prefix = os.path.join(arguments.out_dir, f"{sampler}-{spacing}-{steps}")
+        flags = ["--sampler", sampler, "--spacing", spacing]
+        seconds, command = quality.sample(
+            arguments.weights_dir, prefix, arguments, steps, log, flags=flags
+        )
+        on_train = quality.score(prefix + ".npz", arguments, log, reference=arguments.data)
+        on_validation = {}
+        if arguments.validation:
+            on_validation = quality.score(
+                prefix + ".npz", arguments, log, reference=arguments.validation, tag="validation"
+            )
+        rows.append(
+            {
+                "sampler": sampler,
+                "spacing": spacing,
+                "steps": steps,
+                "evaluations": evaluations_of(sampler, steps),
+                "sample_seconds": seconds,
+                "fid": quality.number(on_train, "fid"),
+                "kid": quality.number(on_train, "kid_mean"),
+                "fid_validation": quality.number(on_validation, "fid"),
+                "command": command,
+            }
+        )
+        print_table(rows, arguments)
+        with open(os.path.join(arguments.out_dir, "samplers.json"), "w") as file:
+            json.dump({"machine": quality.machine(), "rows": rows}, file, indent=2)
+
+
+def print_table(rows, arguments):
+    show = quality.show
+    reference = rows[0]["fid"]
+    print(
+        f"\nbench/samplers.py, {quality.machine()}; weights {arguments.weights_dir}; "
+        f"{arguments.num} samples, seed {arguments.seed}, vs the 5000 automobiles"
+        + (" and the validation split" if arguments.validation else "")
+    )
+    print(
+        f"| sampler | spacing | steps | evaluations per image | sample {arguments.num} s | FID | "
+        "KID x1e3 | FID validation | FID / 50-step DDIM |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for row in sorted(rows, key=lambda row: (row["evaluations"], row["sampler"], row["spacing"])):
+        kid = None if row["kid"] is None else 1e3 * row["kid"]
+        ratio = row["fid"] / reference if row["fid"] and reference else None
+        print(
+            f"| {row['sampler']} | {row['spacing']} | {row['steps']} | {row['evaluations']} | "
+            f"{row['sample_seconds']:.0f} | {show(row['fid'], '{:.1f}')} | {show(kid, '{:.1f}')} | "
+            f"{show(row['fid_validation'], '{:.1f}')} | {show(ratio, '{:.2f}')} |"
+        )
+    print("commands:")
+    for row in rows:
+        print(f"  {row['command']}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
