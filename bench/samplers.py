@@ -9,8 +9,8 @@ Each sampler samples `--num` images with `predict.py` from the same seed at
 about each number of network evaluations per image: DDIM and DPM-Solver++(2M)
 take one per step, Heun two per step and one on the last, so it gets the most
 steps that fit. The standard FID Inception network
-(`../shared/tools/quality.py`) scores them against the 5000 automobiles and,
-where the run's folder has one beside it, the validation split. The last
+(`../shared/tools/quality.py`) scores them against the images trained on and,
+where bench/quality.py left one beside the run, the validation split. The last
 column is each FID over 50-step DDIM's from the same weights, the reference
 that the issue's "15 evaluations as good as 50" is judged against.
 """
@@ -41,7 +41,11 @@ def parse_arguments():
     )
     parser.add_argument("--num", type=int, default=1000, help="samples per evaluation")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data", default=quality.DEFAULT_DATA)
+    parser.add_argument(
+        "--reference",
+        help="the images trained on (.npz); default: train-split.npz beside the run if there "
+        "is one (bench/quality.py writes it), else the 5000 automobiles",
+    )
     parser.add_argument(
         "--validation",
         help="validation images (.npz); default: validation-split.npz beside the run, if any",
@@ -67,10 +71,12 @@ def parse_arguments():
     arguments.samplers = [tuple(pair) for pair in pairs]
     if not arguments.quality_python:
         parser.error("--quality-python (or $QUALITY_PYTHON) is needed to score the samples")
+    run_parent = os.path.dirname(arguments.weights_dir.rstrip("/"))
+    if arguments.reference is None:
+        beside = os.path.join(run_parent, "train-split.npz")
+        arguments.reference = beside if os.path.exists(beside) else quality.DEFAULT_DATA
     if arguments.validation is None:
-        beside = os.path.join(
-            os.path.dirname(arguments.weights_dir.rstrip("/")), "validation-split.npz"
-        )
+        beside = os.path.join(run_parent, "validation-split.npz")
         arguments.validation = beside if os.path.exists(beside) else None
     arguments.out_dir = arguments.out_dir or arguments.weights_dir.rstrip("/") + "-samplers"
     return arguments
@@ -104,7 +110,7 @@ def main():
         seconds, command = quality.sample(
             arguments.weights_dir, prefix, arguments, steps, log, flags=flags
         )
-        on_train = quality.score(prefix + ".npz", arguments, log, reference=arguments.data)
+        on_train = quality.score(prefix + ".npz", arguments, log, reference=arguments.reference)
         on_validation = {}
         if arguments.validation:
             on_validation = quality.score(
@@ -133,7 +139,7 @@ def print_table(rows, arguments):
     reference = rows[0]["fid"]
     print(
         f"\nbench/samplers.py, {quality.machine()}; weights {arguments.weights_dir}; "
-        f"{arguments.num} samples, seed {arguments.seed}, vs the 5000 automobiles"
+        f"{arguments.num} samples, seed {arguments.seed}, vs {arguments.reference}"
         + (" and the validation split" if arguments.validation else "")
     )
     print(

@@ -168,7 +168,7 @@ def main():
         rows.append(
             {
                 "variant": name,
-                "flags": " ".join(shlex.quote(flag) for flag in VARIANTS[name]),
+                "flags": " ".join(shlex.quote(flag) for flag in flags[2:]),  # after --recipe v1
                 "steps": steps,
                 "images": steps * batch,
                 "cpu_minutes": arguments.cpu_minutes,
