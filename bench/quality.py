@@ -51,6 +51,12 @@ def parse_arguments():
         action="store_true",
         help="train the recipes at the same time, each on an equal share of the cores",
     )
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        help="train.py --max-steps for every recipe: a cosine rate decays to it, and a recipe "
+        "that reaches it within the budget stops there (default: none, the budget alone)",
+    )
     parser.add_argument("--num", type=int, default=1000, help="samples per evaluation")
     parser.add_argument(
         "--sampling-steps",
@@ -75,6 +81,8 @@ def parse_arguments():
         "--skip-training", action="store_true", help="evaluate the runs already in --out-dir"
     )
     arguments = parser.parse_args()
+    if arguments.max_steps is not None and arguments.max_steps < 1:
+        parser.error(f"--max-steps: {arguments.max_steps} is not 1 or more")
     if arguments.validation_size < 0:
         parser.error(f"--validation-size: {arguments.validation_size} is negative; pass 0 or more")
     return arguments
@@ -244,7 +252,10 @@ def train_recipes(recipes, arguments, log, data):
 
     def run(recipe):
         weights_dir = os.path.join(arguments.out_dir, recipe)
-        result = train(["--recipe", recipe], weights_dir, training, log, threads)
+        flags = ["--recipe", recipe]
+        if arguments.max_steps:
+            flags += ["--max-steps", str(arguments.max_steps)]
+        result = train(flags, weights_dir, training, log, threads)
         with open(os.path.join(weights_dir, "bench-training.json"), "w") as file:
             json.dump(result, file)
         return result
