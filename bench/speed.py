@@ -4,6 +4,7 @@
     python bench/speed.py                       # classic width 128, batch 128
     python bench/speed.py --cpu-options         # also: oneDNN off, thread settings, XLA
     python bench/speed.py --mixed-precision --xla   # GPU options on the project's side
+    python bench/speed.py --recipes v1,default  # each recipe's training step, % of peak
 
 Both sides use the same model width and batch, in one process:
 (a) the reference: the classic notebook's loop, `model.train_on_batch` on
@@ -39,6 +40,11 @@ def parse_arguments():
         "--cpu-options",
         action="store_true",
         help="also time the project's step under other CPU settings, each in its own process",
+    )
+    parser.add_argument(
+        "--recipes",
+        help="instead: time the training step of these recipes (comma list, e.g. v1,default) "
+        "at their own width and batch, side by side, with GFLOP/s and % of the matmul peak",
     )
     parser.add_argument("--only-project-training", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--intra-op", type=int, help=argparse.SUPPRESS)
@@ -152,6 +158,35 @@ def project_side(config, images, arguments, tf):
     return trainer.model, train_once, sample
 
 
+def recipes_mode(arguments, tf, np):
+    """The training throughput of each recipe as it trains, against the matmul peak."""
+    from tf_diffusion.config import Config
+
+    images = np.random.default_rng(0).integers(0, 255, (1000, 32, 32, 3), dtype=np.uint8)
+    peak = matmul_peak(tf)
+    rows = []
+    for recipe in arguments.recipes.split(","):
+        config = Config.for_recipe(
+            recipe, mixed_precision=arguments.mixed_precision, xla=arguments.xla
+        )
+        model, train_once, _ = project_side(config, images, arguments, tf)
+        seconds = timed(train_once, arguments.steps)
+        training_flops = 3 * forward_flops(model)
+        images_per_second = config.batch_size / seconds
+        gflops = images_per_second * training_flops / 1e9
+        rows.append((recipe, config, model.count_params(), images_per_second, gflops))
+    print(f"bench/speed.py  {' '.join(sys.argv[1:])}")
+    print(f"machine: {machine(tf)}")
+    print(f"tf.matmul 4096x4096 float32 peak: {peak:.0f} GFLOP/s")
+    print("| recipe | width | batch | parameters | training img/s | GFLOP/s | % of matmul peak |")
+    print("|---|---|---|---|---|---|---|")
+    for recipe, config, parameters, images_per_second, gflops in rows:
+        print(
+            f"| {recipe} | {config.width} | {config.batch_size} | {parameters:,} | "
+            f"{images_per_second:.1f} | {gflops:.0f} | {100 * gflops / peak:.0f}% |"
+        )
+
+
 def main():
     arguments = parse_arguments()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -163,6 +198,9 @@ def main():
         tf.config.threading.set_intra_op_parallelism_threads(arguments.intra_op)
     if arguments.inter_op:
         tf.config.threading.set_inter_op_parallelism_threads(arguments.inter_op)
+    if arguments.recipes:
+        recipes_mode(arguments, tf, np)
+        return
     from tf_diffusion.config import Config
 
     images = np.random.default_rng(0).integers(0, 255, (1000, 32, 32, 3), dtype=np.uint8)
