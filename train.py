@@ -20,6 +20,7 @@ from tf_diffusion.config import (  # noqa: E402 (no TensorFlow)
     ArgumentParser,
     UsageError,
     check_arguments,
+    check_at_least,
     error_line,
     escape_unprintable_output,
     exit_with_error,
@@ -57,6 +58,12 @@ def make_parser():
     add("--noise-keys", choices=CHOICES["noise_keys"], help="random keys of the data streams")
     switch("--flip", "mirror training images left-right at random")
     add("--max-steps", type=int, help="total steps to reach; a resumed run continues up to it")
+    add(
+        "--stop-at",
+        type=int,
+        metavar="STEP",
+        help="end this session at STEP, saved; --max-steps and the rate schedule stay (chunks)",
+    )
     add("--round-steps", type=int, help="steps per learning-rate round (default 5000)")
     add("--lr", type=float, dest="learning_rate", help="initial learning rate")
     add("--lr-decay", type=float, dest="learning_rate_decay", help="factor after each round")
@@ -106,13 +113,15 @@ def checked_arguments(argv=None):
     settings = {name: value for name, value in arguments.items() if name not in SCRIPT_FLAGS}
     try:
         check_arguments(arguments["recipe"], settings, arguments["weights_dir"])
+        if arguments["stop_at"] is not None:
+            check_at_least("--stop-at", arguments["stop_at"], 1)
     except UsageError as error:
         exit_with_error(error)
     return arguments
 
 
 # The flags that are not `Config` settings.
-SCRIPT_FLAGS = ("weights_dir", "recipe", "fresh", "quiet")
+SCRIPT_FLAGS = ("weights_dir", "recipe", "fresh", "quiet", "stop_at")
 
 
 def stop_gracefully(signal_number, frame):
@@ -131,13 +140,16 @@ def main(argv=None):
     recipe = arguments.pop("recipe")
     fresh = arguments.pop("fresh")
     quiet = arguments.pop("quiet")
+    stop_at = arguments.pop("stop_at")
     try:
         # A second run on the folder is refused here, before TensorFlow loads.
         with training_lock(weights_dir, arguments["distribute"], fresh):
             from tf_diffusion import commands
             from tf_diffusion.training import TrainingDiverged
 
-            commands.train(weights_dir, recipe, arguments, fresh=fresh, quiet=quiet)
+            commands.train(
+                weights_dir, recipe, arguments, fresh=fresh, quiet=quiet, stop_at=stop_at
+            )
     except UsageError as error:
         print(error_line(error), file=sys.stderr)
         return 2

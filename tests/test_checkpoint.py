@@ -60,13 +60,14 @@ def run_train(weights_dir, npz_path, max_steps, *extra):
 
 def test_interrupted_runs_end_exactly_where_a_straight_run_ends(tmp_path, npz_path):
     # One straight run to 6 steps that also saves at step 4 (saving changes nothing), and
-    # the same run stopped and resumed twice: 3 steps, then 1, then 2.
+    # the same command stopped and resumed twice: 3 steps, then 1, then 2. --stop-at
+    # interrupts without touching --max-steps, which the default's rate decays to.
     run_train(tmp_path / "straight", npz_path, 6, "--save-every=4")
     straight = checkpoint_tensors(tmp_path / "straight" / "ckpt-6")
     folder = tmp_path / "3+1+2"
     reached = 0
     for piece in (3, 1, 2):
-        output = run_train(folder, npz_path, reached + piece)
+        output = run_train(folder, npz_path, 6, f"--stop-at={reached + piece}")
         if reached:
             assert f"Resuming from step {reached}" in output
         reached += piece
@@ -74,6 +75,16 @@ def test_interrupted_runs_end_exactly_where_a_straight_run_ends(tmp_path, npz_pa
     assert_same_tensors(straight, resumed)
     iterations = [name for name in resumed if "iterations" in name]
     assert iterations and all(resumed[name] == reached for name in iterations)
+
+
+def test_stop_at_ends_the_session_but_keeps_max_steps(tmp_path, npz_path, capsys):
+    settings = tiny_settings(data=npz_path, max_steps=4)
+    assert commands.train(str(tmp_path), None, settings, quiet=True, stop_at=2) == 2
+    with open(tmp_path / "config.json") as file:
+        assert json.load(file)["max_steps"] == 4
+    assert commands.train(str(tmp_path), None, settings, quiet=True, stop_at=2) == 2
+    assert "Already at step 2, which reaches --stop-at 2" in capsys.readouterr().out
+    assert commands.train(str(tmp_path), None, settings, quiet=True, stop_at=9) == 4
 
 
 def test_resume_keeps_saved_settings_and_rejects_changed_ones(tmp_path, npz_path):

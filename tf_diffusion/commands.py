@@ -28,15 +28,23 @@ from tf_diffusion.training import Progress, Trainer, fit, is_chief, make_strateg
 ROUND_SAMPLES = 25
 
 
-def train(weights_dir="checkpoints", recipe=None, overrides=None, fresh=False, quiet=False):
-    """Train (or resume) the run in `weights_dir` up to its `max_steps`; return the step reached."""
+def train(
+    weights_dir="checkpoints", recipe=None, overrides=None, fresh=False, quiet=False, stop_at=None
+):
+    """Train (or resume) the run in `weights_dir` up to its `max_steps`; return the step reached.
+
+    `stop_at` ends this session sooner, saved, without changing the run's
+    settings: its `max_steps`, and so its learning-rate schedule, stay.
+    """
     # One run, one writer: the run holds the folder's lock from before --fresh moves anything.
     # A worker that is not the chief holds none, and leaves moving the old run to the chief.
     with training_lock(weights_dir, (overrides or {}).get("distribute"), fresh) as lock:
-        return train_holding_lock(weights_dir, recipe, overrides, fresh and lock is not None, quiet)
+        return train_holding_lock(
+            weights_dir, recipe, overrides, fresh and lock is not None, quiet, stop_at
+        )
 
 
-def train_holding_lock(weights_dir, recipe, overrides, fresh, quiet):
+def train_holding_lock(weights_dir, recipe, overrides, fresh, quiet, stop_at=None):
     """`train`, once this process holds the lock on `weights_dir` (or is not the chief)."""
     # Settle the settings: the saved run's, or a new one's.
     config, resumed, moved_to = resolve_config(weights_dir, recipe, overrides, fresh)
@@ -69,10 +77,13 @@ def train_holding_lock(weights_dir, recipe, overrides, fresh, quiet):
             flush=True,
         )
     start_step = trainer.step
-    if start_step >= config.max_steps:
+    end_step, end_flag = config.max_steps, "--max-steps"
+    if stop_at is not None and stop_at < end_step:
+        end_step, end_flag = stop_at, "--stop-at"
+    if start_step >= end_step:
         say(
-            f"Already at step {start_step}, which reaches --max-steps {config.max_steps}; "
-            "raise --max-steps to train more",
+            f"Already at step {start_step}, which reaches {end_flag} {end_step}; "
+            f"raise {end_flag} to train more",
             flush=True,
         )
         return start_step
@@ -100,7 +111,7 @@ def train_holding_lock(weights_dir, recipe, overrides, fresh, quiet):
     progress, on_round_end = None, None
     if chief:
         writer = tf.summary.create_file_writer(os.path.join(weights_dir, "logs"))
-        progress = Progress(start_step, config.max_steps, config.batch_size, quiet, writer)
+        progress = Progress(start_step, end_step, config.batch_size, quiet, writer)
         on_round_end = round_sampler(trainer, config, progress, images)
 
     def save_unless_saved(step):
@@ -112,7 +123,7 @@ def train_holding_lock(weights_dir, recipe, overrides, fresh, quiet):
         step = fit(
             trainer,
             iter(dataset),
-            config.max_steps,
+            end_step,
             progress=progress,
             on_save=lambda step: store.save(step, config),
             on_round_end=on_round_end,
