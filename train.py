@@ -64,8 +64,8 @@ def make_parser():
         metavar="STEP",
         help="end this session at STEP, saved; --max-steps and the rate schedule stay (chunks)",
     )
-    add("--round-steps", type=int, help="steps per learning-rate round (default 5000)")
-    add("--lr", type=float, dest="learning_rate", help="initial learning rate")
+    add("--round-steps", type=int, help="steps per round: a sample grid, rounds' rate decay")
+    add("--lr", type=float, dest="learning_rate", help="peak learning rate (default 2e-3)")
     add("--lr-decay", type=float, dest="learning_rate_decay", help="factor after each round")
     add(
         "--lr-schedule",
