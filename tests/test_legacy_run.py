@@ -32,6 +32,24 @@ def test_a_run_from_the_first_version_resumes_and_samples_as_before(tmp_path):
     np.testing.assert_allclose(samples(run), expected["step_8"], atol=1e-4)
 
 
+# The first version's `Config` field defaults, for the settings it had.
+FIRST_DEFAULT = {
+    "architecture": "residual",
+    "width": 32,
+    "attention": False,
+    "schedule": "cosine",
+    "timesteps": 1000,
+    "prediction": "noise",
+    "batch_size": 64,
+    "learning_rate": 1e-3,
+    "learning_rate_decay": 0.9,
+    "learning_rate_floor": 1e-6,
+    "round_steps": 5000,
+    "ema_decay": 0.999,
+    "sampling_steps": 50,
+}
+
+
 def test_settings_added_since_the_first_version_take_its_values_when_missing(tmp_path):
     """A config.json from the first version never takes a newer default for a setting it lacks."""
     from tf_diffusion.config import FIRST_VERSION, RECIPES, Config
@@ -42,9 +60,10 @@ def test_settings_added_since_the_first_version_take_its_values_when_missing(tmp
     config = Config.from_dict(saved)
     for name, value in FIRST_VERSION.items():
         assert getattr(config, name) == value
-    # The v1 recipe is that first version's default: what Config() was then.
-    first_default = Config.from_dict({"recipe": "default"})
+    # The v1 recipe is that first version's default: what Config() was then (9ba6198),
+    # whatever today's field defaults.
     v1 = Config.for_recipe("v1")
     assert {name: getattr(v1, name) for name in RECIPES["v1"]} == {
-        name: getattr(first_default, name) for name in RECIPES["v1"]
+        **FIRST_VERSION,
+        **FIRST_DEFAULT,
     }

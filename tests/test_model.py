@@ -98,7 +98,7 @@ def test_a_lower_top_frequency_ends_the_aliasing_of_the_level_embedding():
 
 
 def test_scale_shift_conditioning_feeds_the_level_through_each_block():
-    bias = make_model(tiny_config("default"))
+    bias = make_model(tiny_config("default", time_conditioning="bias"))
     adaptive = make_model(tiny_config("default", time_conditioning="scale-shift"))
     assert adaptive.count_params() > bias.count_params()
     images = tf.random.normal((1, 32, 32, 3), seed=1)

@@ -142,8 +142,11 @@ def test_options_that_do_not_fit_together_are_one_line_errors():
     from tf_diffusion.config import Config
 
     for settings, message in [
-        ({"flip": True}, "--flip draws its own random stream"),
-        ({"warmup_steps": 10}, "--warmup-steps comes with --lr-schedule cosine"),
+        ({"flip": True, "noise_keys": "shared"}, "--flip draws its own random stream"),
+        (
+            {"warmup_steps": 10, "learning_rate_schedule": "rounds"},
+            "--warmup-steps comes with --lr-schedule cosine",
+        ),
         ({"min_snr_gamma": float("nan")}, "--min-snr-gamma must be"),
         ({"level_std": 0.0}, "--level-std 0.0 must be"),
     ]:
