@@ -227,6 +227,15 @@ def score(npz, arguments, log, reference=None, tag=""):
         return json.load(file)
 
 
+def score_both(npz, arguments, log, reference, validation=None):
+    """`score` against `reference`, and against `validation` when there is one ({} if not)."""
+    on_reference = score(npz, arguments, log, reference=reference)
+    on_validation = {}
+    if validation:
+        on_validation = score(npz, arguments, log, reference=validation, tag="validation")
+    return on_reference, on_validation
+
+
 def number(results, *keys):
     value = results
     for key in keys:
@@ -299,12 +308,9 @@ def main():
             sample_seconds, sample_command = sample(
                 weights_dir, prefix, arguments, sampling_steps, log
             )
-            results = score(prefix + ".npz", arguments, log, reference=train_data)
-            on_validation = {}
-            if validation_data:
-                on_validation = score(
-                    prefix + ".npz", arguments, log, reference=validation_data, tag="validation"
-                )
+            results, on_validation = score_both(
+                prefix + ".npz", arguments, log, train_data, validation_data
+            )
             rows.append(
                 {
                     "recipe": recipe,

@@ -23,7 +23,9 @@ import sys
 BENCH = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH)
 
-import quality  # noqa: E402
+import quality  # noqa: E402 (also puts the repository on the path)
+
+from tf_diffusion.schedule import network_evaluations  # noqa: E402
 
 REFERENCE = ("ddim", "uniform", 50)
 
@@ -83,14 +85,9 @@ def parse_arguments():
 
 
 def steps_for(sampler, evaluations):
-    """The sampling steps that spend at most `evaluations` network calls per image."""
-    if sampler == "heun":
-        return max(1, (evaluations + 1) // 2)  # 2 per step, 1 on the last
-    return evaluations
-
-
-def evaluations_of(sampler, steps):
-    return 2 * steps - 1 if sampler == "heun" else steps
+    """The most sampling steps that spend at most `evaluations` network calls per image."""
+    steps = range(1, evaluations + 1)  # one step is one evaluation, whatever the sampler
+    return max(step for step in steps if network_evaluations(sampler, step) <= evaluations)
 
 
 def main():
@@ -110,18 +107,15 @@ def main():
         seconds, command = quality.sample(
             arguments.weights_dir, prefix, arguments, steps, log, flags=flags
         )
-        on_train = quality.score(prefix + ".npz", arguments, log, reference=arguments.reference)
-        on_validation = {}
-        if arguments.validation:
-            on_validation = quality.score(
-                prefix + ".npz", arguments, log, reference=arguments.validation, tag="validation"
-            )
+        on_train, on_validation = quality.score_both(
+            prefix + ".npz", arguments, log, arguments.reference, arguments.validation
+        )
         rows.append(
             {
                 "sampler": sampler,
                 "spacing": spacing,
                 "steps": steps,
-                "evaluations": evaluations_of(sampler, steps),
+                "evaluations": network_evaluations(sampler, steps),
                 "sample_seconds": seconds,
                 "fid": quality.number(on_train, "fid"),
                 "kid": quality.number(on_train, "kid_mean"),

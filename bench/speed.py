@@ -158,11 +158,10 @@ def project_side(config, images, arguments, tf):
     return trainer.model, train_once, sample
 
 
-def recipes_mode(arguments, tf, np):
+def recipes_mode(arguments, images, tf):
     """The training throughput of each recipe as it trains, against the matmul peak."""
     from tf_diffusion.config import Config
 
-    images = np.random.default_rng(0).integers(0, 255, (1000, 32, 32, 3), dtype=np.uint8)
     peak = matmul_peak(tf)
     rows = []
     for recipe in arguments.recipes.split(","):
@@ -198,12 +197,12 @@ def main():
         tf.config.threading.set_intra_op_parallelism_threads(arguments.intra_op)
     if arguments.inter_op:
         tf.config.threading.set_inter_op_parallelism_threads(arguments.inter_op)
+    images = np.random.default_rng(0).integers(0, 255, (1000, 32, 32, 3), dtype=np.uint8)
     if arguments.recipes:
-        recipes_mode(arguments, tf, np)
+        recipes_mode(arguments, images, tf)
         return
     from tf_diffusion.config import Config
 
-    images = np.random.default_rng(0).integers(0, 255, (1000, 32, 32, 3), dtype=np.uint8)
     config = Config.for_recipe(
         "classic",
         width=arguments.width,

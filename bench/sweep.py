@@ -157,9 +157,8 @@ def main():
         sample_seconds, _ = quality.sample(
             weights_dir, prefix, arguments, arguments.sampling_steps, log
         )
-        on_train = quality.score(prefix + ".npz", arguments, log, reference=train_path)
-        on_validation = quality.score(
-            prefix + ".npz", arguments, log, reference=validation_path, tag="validation"
+        on_train, on_validation = quality.score_both(
+            prefix + ".npz", arguments, log, train_path, validation_path
         )
         with open(os.path.join(weights_dir, "config.json")) as file:
             batch = json.load(file)["batch_size"]

@@ -317,6 +317,11 @@ def next_level_step(denoise, schedule, images, level, next_level, previous_clean
 SAMPLERS = {"ddim": ddim_step, "dpm-solver++": dpm_solver_step, "heun": heun_step}
 
 
+def network_evaluations(sampler, sampling_steps):
+    """How many times `sampler` runs the network per image over `sampling_steps` steps."""
+    return 2 * sampling_steps - 1 if sampler == "heun" else sampling_steps  # Heun: 1 on the last
+
+
 # ---- the classic recipe's public functions
 
 
