@@ -44,7 +44,7 @@ def parse_arguments():
     parser.add_argument(
         "--recipes",
         help="instead: time the training step of these recipes (comma list, e.g. v1,default) "
-        "at their own width and batch, side by side, with GFLOP/s and % of the matmul peak",
+        "at their own width and batch, side by side, with GFLOP/s and %% of the matmul peak",
     )
     parser.add_argument("--only-project-training", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--intra-op", type=int, help=argparse.SUPPRESS)

@@ -55,6 +55,7 @@ COMBINED = [
     "2e-3",
 ]
 COSINE_TO_BUDGET = ["--lr-schedule", "cosine", "--warmup-steps", "100", "--max-steps", BUDGET_STEPS]
+DEFAULT = [*COMBINED, "--lr-schedule", "cosine", "--warmup-steps", "100", "--max-steps", "50000"]
 VARIANTS = {
     "v1": [],
     "tagged-keys": ["--noise-keys", "tagged"],
@@ -87,6 +88,10 @@ VARIANTS = {
         *COSINE_TO_BUDGET,
     ],
     "combined-cosine-flip": [*COMBINED, *COSINE_TO_BUDGET, "--flip"],
+    # The default recipe as it stands, and changes to it that spend the same CPU otherwise.
+    "default": DEFAULT,
+    "default-batch-32": [*DEFAULT, "--batch-size", "32"],
+    "default-lr-4e-3": [*DEFAULT, "--lr", "4e-3"],
 }
 
 
