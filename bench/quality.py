@@ -37,6 +37,15 @@ QUALITY_TOOL = os.path.join(REPOSITORY, "..", "shared", "tools", "quality.py")
 VALIDATION_SIZE = 500
 
 
+def add_quality_python(parser):
+    """The option that names the Python which runs ../shared/tools/quality.py."""
+    parser.add_argument(
+        "--quality-python",
+        default=os.environ.get("QUALITY_PYTHON"),
+        help="Python of the venv where ../shared/tools/quality.py's needs are installed",
+    )
+
+
 def parse_arguments():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipes", default="classic,default")
@@ -72,11 +81,7 @@ def parse_arguments():
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", default=os.path.join(REPOSITORY, "runs", "quality"))
-    parser.add_argument(
-        "--quality-python",
-        default=os.environ.get("QUALITY_PYTHON"),
-        help="Python of the venv where ../shared/tools/quality.py's needs are installed",
-    )
+    add_quality_python(parser)
     parser.add_argument(
         "--skip-training", action="store_true", help="evaluate the runs already in --out-dir"
     )

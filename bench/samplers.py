@@ -53,11 +53,7 @@ def parse_arguments():
         help="validation images (.npz); default: validation-split.npz beside the run, if any",
     )
     parser.add_argument("--out-dir", help="default: WEIGHTS_DIR-samplers")
-    parser.add_argument(
-        "--quality-python",
-        default=os.environ.get("QUALITY_PYTHON"),
-        help="Python of the venv where ../shared/tools/quality.py's needs are installed",
-    )
+    quality.add_quality_python(parser)
     arguments = parser.parse_args()
     if not os.path.isdir(arguments.weights_dir):
         parser.error(f"--weights-dir: {arguments.weights_dir} is not a folder; pass a run folder")

@@ -109,11 +109,7 @@ def parse_arguments():
         help="the steps a schedule decays to (default: those v1 reached in this sweep)",
     )
     parser.add_argument("--out-dir", default=os.path.join(REPOSITORY, "runs", "sweep"))
-    parser.add_argument(
-        "--quality-python",
-        default=os.environ.get("QUALITY_PYTHON"),
-        help="Python of the venv where ../shared/tools/quality.py's needs are installed",
-    )
+    quality.add_quality_python(parser)
     arguments = parser.parse_args()
     unknown = [name for name in arguments.variants.split(",") if name not in VARIANTS]
     if unknown:
