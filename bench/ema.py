@@ -38,8 +38,8 @@ def parse_arguments():
     if not arguments.quality_python:
         parser.error("--quality-python (or $QUALITY_PYTHON) is needed to score the samples")
     if arguments.reference is None:
-        beside = os.path.join(os.path.dirname(arguments.weights_dir.rstrip("/")), "train-split.npz")
-        arguments.reference = beside if os.path.exists(beside) else quality.DEFAULT_DATA
+        beside = quality.beside_run(arguments.weights_dir, "train-split.npz")
+        arguments.reference = beside or quality.DEFAULT_DATA
     arguments.out_dir = arguments.out_dir or arguments.weights_dir.rstrip("/") + "-ema"
     return arguments
 

@@ -46,6 +46,13 @@ def add_quality_python(parser):
     )
 
 
+def beside_run(weights_dir, file_name):
+    """`file_name` in the folder that holds the run `weights_dir` (where this bench writes
+    train-split.npz and validation-split.npz), or None if it is not there."""
+    path = os.path.join(os.path.dirname(weights_dir.rstrip("/")), file_name)
+    return path if os.path.exists(path) else None
+
+
 def parse_arguments():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipes", default="classic,default")

@@ -69,13 +69,11 @@ def parse_arguments():
     arguments.samplers = [tuple(pair) for pair in pairs]
     if not arguments.quality_python:
         parser.error("--quality-python (or $QUALITY_PYTHON) is needed to score the samples")
-    run_parent = os.path.dirname(arguments.weights_dir.rstrip("/"))
     if arguments.reference is None:
-        beside = os.path.join(run_parent, "train-split.npz")
-        arguments.reference = beside if os.path.exists(beside) else quality.DEFAULT_DATA
+        beside = quality.beside_run(arguments.weights_dir, "train-split.npz")
+        arguments.reference = beside or quality.DEFAULT_DATA
     if arguments.validation is None:
-        beside = os.path.join(run_parent, "validation-split.npz")
-        arguments.validation = beside if os.path.exists(beside) else None
+        arguments.validation = quality.beside_run(arguments.weights_dir, "validation-split.npz")
     arguments.out_dir = arguments.out_dir or arguments.weights_dir.rstrip("/") + "-samplers"
     return arguments
 
