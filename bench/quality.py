@@ -57,6 +57,14 @@ def parse_arguments():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipes", default="classic,default")
     parser.add_argument(
+        "--candidate",
+        action="append",
+        default=[],
+        metavar="NAME=FLAGS",
+        help="also train a candidate: NAME for the table, FLAGS for train.py (e.g. "
+        "'batch-16=--recipe default --batch-size 16'); repeat for more",
+    )
+    parser.add_argument(
         "--cpu-minutes",
         type=float,
         default=64.0,
@@ -97,6 +105,15 @@ def parse_arguments():
         parser.error(f"--max-steps: {arguments.max_steps} is not 1 or more")
     if arguments.validation_size < 0:
         parser.error(f"--validation-size: {arguments.validation_size} is negative; pass 0 or more")
+    arguments.flags = {recipe: ["--recipe", recipe] for recipe in arguments.recipes.split(",")}
+    for candidate in arguments.candidate:
+        name, separator, flags = candidate.partition("=")
+        if not separator or not name or not flags or "/" in name or name in arguments.flags:
+            parser.error(
+                f"--candidate {candidate!r}: give NAME=FLAGS with a new NAME without '/', "
+                "e.g. 'batch-16=--recipe default --batch-size 16'"
+            )
+        arguments.flags[name] = shlex.split(flags)
     return arguments
 
 
@@ -273,7 +290,7 @@ def train_recipes(recipes, arguments, log, data):
 
     def run(recipe):
         weights_dir = os.path.join(arguments.out_dir, recipe)
-        flags = ["--recipe", recipe]
+        flags = list(arguments.flags[recipe])
         if arguments.max_steps:
             flags += ["--max-steps", str(arguments.max_steps)]
         result = train(flags, weights_dir, training, log, threads)
@@ -299,7 +316,7 @@ def main():
     from speed import matmul_peak
 
     peak = matmul_peak(tf)
-    recipes = arguments.recipes.split(",")
+    recipes = list(arguments.flags)
     runs, threads = train_recipes(recipes, arguments, log, train_data)
     rows = []
     for recipe in recipes:
