@@ -135,6 +135,8 @@ def main():
     from speed import matmul_peak
 
     peak = matmul_peak(tf)
+    # TF_NUM_INTRAOP_THREADS (as for variants run side by side) also caps the peak's threads.
+    peak_threads = int(os.environ.get("TF_NUM_INTRAOP_THREADS") or 0) or os.cpu_count()
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=REPOSITORY, capture_output=True, text=True
     ).stdout.strip()
@@ -173,8 +175,9 @@ def main():
                 "images": steps * batch,
                 "cpu_minutes": arguments.cpu_minutes,
                 "wall_seconds": wall,
-                # Work per second of 2-core CPU time, comparable across a loaded machine.
-                "gflops": gflop_per_image * steps * batch / (cpu_seconds / os.cpu_count()),
+                # Work per CPU-second on as many threads as the peak was measured with,
+                # so that the % of peak holds on a loaded machine and on one thread.
+                "gflops": gflop_per_image * steps * batch / (cpu_seconds / peak_threads),
                 "sample_seconds": sample_seconds,
                 "fid_train": quality.number(on_train, "fid"),
                 "kid_train": 1e3 * (quality.number(on_train, "kid_mean") or float("nan")),
