@@ -155,7 +155,8 @@ def machine():
 
 
 def train(flags, weights_dir, arguments, log, threads=None):
-    """Run train.py with `flags` until it spends the CPU budget; return (steps, wall s, command).
+    """Run train.py with `flags` until it spends the CPU budget or ends; (steps, wall s, command,
+    CPU s spent).
 
     `threads` caps TensorFlow's threads in that process (for recipes trained side by side).
     """
@@ -188,9 +189,14 @@ def train(flags, weights_dir, arguments, log, threads=None):
             command, cwd=REPOSITORY, stdout=output, stderr=subprocess.STDOUT, env=environment
         )
         watched = psutil.Process(process.pid)
+        cpu_seconds = 0.0
         while process.poll() is None:
-            times = watched.cpu_times()
-            if times.user + times.system >= budget:
+            try:
+                times = watched.cpu_times()
+            except psutil.NoSuchProcess:  # ended between the poll and the reading
+                break
+            cpu_seconds = times.user + times.system
+            if cpu_seconds >= budget:
                 process.send_signal(signal.SIGINT)  # train.py saves, then exits
                 break
             time.sleep(2)
@@ -200,11 +206,11 @@ def train(flags, weights_dir, arguments, log, threads=None):
         latest = file.readline().split('"')[1]
     steps = int(latest.rsplit("-", 1)[1])
     shown = " ".join(shlex.quote(part) for part in command)
-    return (
-        steps,
-        wall,
-        f"{shown}  # stopped with SIGINT after {arguments.cpu_minutes:g} CPU-minutes",
-    )
+    if 0 < cpu_seconds < budget:
+        ended = f"{shown}  # ended by itself after {cpu_seconds / 60:.1f} CPU-minutes"
+        return steps, wall, ended, cpu_seconds
+    stopped = f"{shown}  # stopped with SIGINT after {arguments.cpu_minutes:g} CPU-minutes"
+    return steps, wall, stopped, budget
 
 
 def sample(weights_dir, out_prefix, arguments, sampling_steps, log, flags=()):
@@ -275,13 +281,17 @@ def number(results, *keys):
 
 
 def train_recipes(recipes, arguments, log, data):
-    """Train each recipe (side by side with --parallel); {recipe: (steps, wall s, command)}."""
+    """Train each recipe (side by side with --parallel).
+
+    Returns {recipe: (steps, wall s, command, CPU s)} and the threads per recipe.
+    """
     runs = {}
     for recipe in recipes:
         weights_dir = os.path.join(arguments.out_dir, recipe)
         if arguments.skip_training:
             with open(os.path.join(weights_dir, "bench-training.json")) as file:
-                runs[recipe] = tuple(json.load(file))
+                # Records from before the CPU time was kept spent the whole budget.
+                runs[recipe] = (*json.load(file), arguments.cpu_minutes * 60)[:4]
         elif os.path.exists(weights_dir):
             sys.exit(f"error: {weights_dir} exists; move it away or pass --skip-training")
     pending = [recipe for recipe in recipes if recipe not in runs]
@@ -320,13 +330,13 @@ def main():
     runs, threads = train_recipes(recipes, arguments, log, train_data)
     rows = []
     for recipe in recipes:
-        steps, wall, train_command = runs[recipe]
+        steps, wall, train_command, cpu_seconds = runs[recipe]
         weights_dir = os.path.join(arguments.out_dir, recipe)
         with open(os.path.join(weights_dir, "config.json")) as file:
             config = json.load(file)
         images = steps * config["batch_size"]
         # Work per second of all-core CPU time, comparable with the peak on a loaded machine.
-        gflops = training_work(weights_dir) * images / (arguments.cpu_minutes * 60 / os.cpu_count())
+        gflops = training_work(weights_dir) * images / (cpu_seconds / os.cpu_count())
         choices = [None]
         if config["prediction"] != "next":
             choices = [int(value) for value in arguments.sampling_steps.split(",")]

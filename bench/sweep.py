@@ -155,7 +155,7 @@ def main():
                 sys.exit(f"error: variant {name} needs --budget-steps or v1's steps; run v1 first")
             flags[flags.index(BUDGET_STEPS)] = str(reached[0])
         training = argparse.Namespace(**dict(vars(arguments), data=train_path))
-        steps, wall, train_command = quality.train(flags, weights_dir, training, log)
+        steps, wall, train_command, cpu_seconds = quality.train(flags, weights_dir, training, log)
         prefix = os.path.join(arguments.out_dir, f"{name}-samples")
         sample_seconds, _ = quality.sample(
             weights_dir, prefix, arguments, arguments.sampling_steps, log
@@ -166,7 +166,6 @@ def main():
         with open(os.path.join(weights_dir, "config.json")) as file:
             batch = json.load(file)["batch_size"]
         gflop_per_image = quality.training_work(weights_dir)
-        cpu_seconds = arguments.cpu_minutes * 60
         rows.append(
             {
                 "variant": name,
