@@ -98,7 +98,8 @@ def test_the_model_card_says_what_the_model_is_and_how_to_load_it(exported):
         "| quality | FID ",  # measured by --track-kid at step 4
         'generator = tf.saved_model.load("generator")',
         "images = generator.generate(num=16, seed=0, steps=5).numpy()",
-        "python predict.py --num 16 --seed 0 --sampling-steps 5 --sampler dpm-solver++ --spacing uniform\n",
+        "python predict.py --num 16 --seed 0 --sampling-steps 5 "
+        "--sampler dpm-solver++ --spacing uniform\n",
         "keras.saving.load_model",
     ]:
         assert fragment in card

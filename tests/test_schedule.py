@@ -152,5 +152,9 @@ def test_options_that_do_not_fit_together_are_one_line_errors():
     ]:
         with pytest.raises(UsageError, match=message):
             Config.for_recipe("default", **settings)
-    with pytest.raises(UsageError, match="--sampler"):
+    with pytest.raises(
+        UsageError, match="^--sampler heun: .* pass --loss-weighting none --sampler ddim"
+    ):
         Config.for_recipe("classic", sampler="heun")
+    with pytest.raises(UsageError, match="^--loss-weighting min-snr, --sampler dpm-solver"):
+        Config.for_recipe("default", prediction="next")

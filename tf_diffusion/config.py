@@ -139,13 +139,19 @@ class Config:
             raise UsageError("--warmup-steps comes with --lr-schedule cosine; add it or drop both")
         if self.flip and self.noise_keys != "tagged":
             raise UsageError("--flip draws its own random stream: it needs --noise-keys tagged")
-        if self.prediction == "next" and (
-            self.loss_weighting != "none" or self.sampler != "ddim" or self.spacing != "uniform"
-        ):
-            raise UsageError(
-                f"recipe {self.recipe!r} predicts the next level: it takes every level in turn, "
-                "so --loss-weighting, --sampler and --spacing keep their first choices"
-            )
+        if self.prediction == "next":
+            needed = {"loss_weighting": "none", "sampler": "ddim", "spacing": "uniform"}
+            wrong = [
+                f"{flag(name)} {getattr(self, name)}"
+                for name, value in needed.items()
+                if getattr(self, name) != value
+            ]
+            if wrong:
+                raise UsageError(
+                    f"{', '.join(wrong)}: a model that predicts the next level (recipe "
+                    f"{self.recipe!r}) takes every level in turn; pass "
+                    + " ".join(f"{flag(name)} {value}" for name, value in needed.items())
+                )
         check_seed(self.seed)
         if not 0 <= self.save_every_minutes < math.inf:
             raise UsageError(
