@@ -1,3 +1,6 @@
+import os
+import signal
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -138,6 +141,35 @@ def test_fit_saves_on_schedule_and_calls_round_ends():
     assert step == 5
     assert saves == [2, 4]  # the final save is the caller's
     assert rounds == [2, 4]
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+def test_a_signal_mid_step_stops_fit_after_that_step_and_a_second_stops_at_once(signal_number):
+    config = tiny_config("classic")
+    trainer = Trainer(config)
+    batches = iter(make_dataset(synthetic_images(8), 4, config.timesteps, 0))
+
+    def interrupting(signals):
+        """The batches, sending `signals[n]` signals while the n-th one is fetched."""
+        for number, batch in enumerate(batches, start=1):
+            for _ in range(signals.get(number, 0)):
+                os.kill(os.getpid(), signal_number)
+            yield batch
+
+    def raising(signal_number, frame):
+        raise KeyboardInterrupt(f"signal {signal_number}")
+
+    previous = signal.signal(signal_number, raising)  # as train.py sets them
+    try:
+        with pytest.raises(KeyboardInterrupt, match=f"signal {signal_number}$"):
+            fit(trainer, interrupting({2: 1}), max_steps=10)
+        assert trainer.step == 2  # the step whose batch was being fetched finished
+        assert signal.getsignal(signal_number) is raising  # restored
+        with pytest.raises(KeyboardInterrupt, match="again"):
+            fit(trainer, interrupting({1: 2}), max_steps=10)
+        assert trainer.step == 2  # the second signal did not wait for the step
+    finally:
+        signal.signal(signal_number, previous)
 
 
 def test_steps_per_call_matches_single_steps():

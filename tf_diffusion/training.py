@@ -10,7 +10,9 @@ same code serves one device or many.
 
 import contextlib
 import math
+import signal
 import sys
+import threading
 import time
 
 import keras
@@ -369,35 +371,75 @@ def fit(
     """Train until `max_steps`, calling `on_save(step)` and `on_round_end(step)` on time.
 
     Raises `TrainingDiverged`, without saving, when the loss stops being finite.
-    A `KeyboardInterrupt` passes through, between two whole steps.
+    Ctrl-C or SIGTERM raises `KeyboardInterrupt` between two whole steps (see
+    `interrupts_between_steps`), never inside TensorFlow or a save.
     """
-    config = trainer.config
-    last_save_time = time.monotonic()
-    step = trainer.step
-    while step < max_steps:
-        count = min(steps_per_call, max_steps - step)
-        if count == 1:
-            images, levels, noises = next(iterator)
-            loss = trainer.train_one(images, levels, noises)
-        else:
-            loss = trainer.train_steps(iterator, tf.constant(count))
-        loss = float(loss)
-        new_step = trainer.step
-        if not math.isfinite(loss):
-            raise TrainingDiverged(
-                f"the loss became {loss} at step {new_step}; nothing was saved after the last "
-                "checkpoint. Lower --lr or drop --mixed-precision, then run again to resume"
+    with interrupts_between_steps() as interrupted:
+        config = trainer.config
+        last_save_time = time.monotonic()
+        step = trainer.step
+        while step < max_steps:
+            if interrupted:
+                raise KeyboardInterrupt(f"signal {interrupted[0]}")
+            count = min(steps_per_call, max_steps - step)
+            if count == 1:
+                images, levels, noises = next(iterator)
+                loss = trainer.train_one(images, levels, noises)
+            else:
+                loss = trainer.train_steps(iterator, tf.constant(count))
+            loss = float(loss)
+            new_step = trainer.step
+            if not math.isfinite(loss):
+                raise TrainingDiverged(
+                    f"the loss became {loss} at step {new_step}; nothing was saved after the last "
+                    "checkpoint. Lower --lr or drop --mixed-precision, then run again to resume"
+                )
+            if progress is not None:
+                progress.update(new_step, loss, trainer.learning_rate)
+            round_ended = new_step // config.round_steps > step // config.round_steps
+            save_due = new_step // save_every > step // save_every or (
+                save_every_minutes and time.monotonic() - last_save_time >= 60 * save_every_minutes
             )
-        if progress is not None:
-            progress.update(new_step, loss, trainer.learning_rate)
-        round_ended = new_step // config.round_steps > step // config.round_steps
-        save_due = new_step // save_every > step // save_every or (
-            save_every_minutes and time.monotonic() - last_save_time >= 60 * save_every_minutes
+            step = new_step
+            if on_round_end is not None and round_ended:
+                on_round_end(step)
+            if on_save is not None and save_due and step < max_steps:
+                on_save(step)
+                last_save_time = time.monotonic()
+        return step
+
+
+@contextlib.contextmanager
+def interrupts_between_steps(signal_numbers=(signal.SIGINT, signal.SIGTERM)):
+    """While inside, Ctrl-C and SIGTERM only note the signal, in the list this yields.
+
+    An exception raised by a signal handler can land anywhere in the main thread:
+    inside TensorFlow's Python layer or halfway through a save. So the training
+    loop reads the list between steps instead. A second signal raises at once,
+    for a user who will not wait. A signal whose handler is not a Python function
+    (ignored, or the default that ends the process) is left alone, and so is
+    everything outside the main thread, where Python cannot set handlers.
+    """
+    interrupted = []
+
+    def note(signal_number, frame):
+        if interrupted:
+            raise KeyboardInterrupt(f"signal {signal_number}, again")
+        interrupted.append(signal_number)
+        print(
+            "\nStopping after this step (interrupt again to stop at once)",
+            file=sys.stderr,
+            flush=True,
         )
-        step = new_step
-        if on_round_end is not None and round_ended:
-            on_round_end(step)
-        if on_save is not None and save_due and step < max_steps:
-            on_save(step)
-            last_save_time = time.monotonic()
-    return step
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signal_number in signal_numbers:
+            handler = signal.getsignal(signal_number)
+            if callable(handler):
+                previous[signal_number] = signal.signal(signal_number, note)
+    try:
+        yield interrupted
+    finally:
+        for signal_number, handler in previous.items():
+            signal.signal(signal_number, handler)
