@@ -141,6 +141,17 @@ def training_work(weights_dir):
     return 3 * forward_flops(make_model(load_run_config(weights_dir))) / 1e9
 
 
+def training_gflops(weights_dir, images, cpu_seconds):
+    """Training GFLOP/s of a run, comparable with the `tf.matmul` peak of this process.
+
+    The work is spread over the CPU time the run spent and counted per as many
+    threads as the peak used (all cores, or TF_NUM_INTRAOP_THREADS when set, as
+    for runs side by side), so the % of peak holds on a loaded machine.
+    """
+    peak_threads = int(os.environ.get("TF_NUM_INTRAOP_THREADS") or 0) or os.cpu_count()
+    return training_work(weights_dir) * images / (cpu_seconds / peak_threads)
+
+
 def machine():
     cpu = platform.processor() or "unknown CPU"
     try:
@@ -335,8 +346,7 @@ def main():
         with open(os.path.join(weights_dir, "config.json")) as file:
             config = json.load(file)
         images = steps * config["batch_size"]
-        # Work per second of all-core CPU time, comparable with the peak on a loaded machine.
-        gflops = training_work(weights_dir) * images / (cpu_seconds / os.cpu_count())
+        gflops = training_gflops(weights_dir, images, cpu_seconds)
         choices = [None]
         if config["prediction"] != "next":
             choices = [int(value) for value in arguments.sampling_steps.split(",")]

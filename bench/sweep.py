@@ -135,8 +135,6 @@ def main():
     from speed import matmul_peak
 
     peak = matmul_peak(tf)
-    # TF_NUM_INTRAOP_THREADS (as for variants run side by side) also caps the peak's threads.
-    peak_threads = int(os.environ.get("TF_NUM_INTRAOP_THREADS") or 0) or os.cpu_count()
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=REPOSITORY, capture_output=True, text=True
     ).stdout.strip()
@@ -165,7 +163,6 @@ def main():
         )
         with open(os.path.join(weights_dir, "config.json")) as file:
             batch = json.load(file)["batch_size"]
-        gflop_per_image = quality.training_work(weights_dir)
         rows.append(
             {
                 "variant": name,
@@ -174,9 +171,7 @@ def main():
                 "images": steps * batch,
                 "cpu_minutes": arguments.cpu_minutes,
                 "wall_seconds": wall,
-                # Work per CPU-second on as many threads as the peak was measured with,
-                # so that the % of peak holds on a loaded machine and on one thread.
-                "gflops": gflop_per_image * steps * batch / (cpu_seconds / peak_threads),
+                "gflops": quality.training_gflops(weights_dir, steps * batch, cpu_seconds),
                 "sample_seconds": sample_seconds,
                 "fid_train": quality.number(on_train, "fid"),
                 "kid_train": 1e3 * (quality.number(on_train, "kid_mean") or float("nan")),
