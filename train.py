@@ -43,7 +43,7 @@ def make_parser():
     add("--label", help="CIFAR-10 class, 0-9 or a name such as automobile (default 1)")
     add("--data", help="'tfds' (default: download CIFAR-10), an .npz file or an image folder")
     add("--weights-dir", default="checkpoints", help="run folder to create or resume")
-    add("--batch-size", type=int, help="global batch (default 64; classic 128)")
+    add("--batch-size", type=int, help="global batch (default 32; v1 64; classic 128)")
     add("--width", type=int, help="base channels of the U-Net (default 32; classic 128)")
     switch("--attention", "self-attention at 8x8 (residual network)")
     add("--time-conditioning", choices=CHOICES["time_conditioning"], help="level into blocks")
@@ -94,7 +94,19 @@ def make_parser():
         help="InceptionV3 weights for --track-kid: imagenet (default; downloads), an .h5 file "
         "or random (tests)",
     )
-    switch("--mixed-precision", "mixed_float16 compute with loss scaling (GPU)")
+    add(
+        "--precision",
+        choices=CHOICES["precision"],
+        help="Keras dtype policy of training: mixed_float16 on a GPU, mixed_bfloat16 on a GPU or "
+        "a CPU with AVX512-BF16/AMX (weights stay float32)",
+    )
+    add(
+        "--mixed-precision",
+        action="store_const",
+        const="mixed_float16",
+        dest="precision",
+        help="the same as --precision mixed_float16",
+    )
     switch("--xla", "compile the training step with XLA (GPU)")
     add("--distribute", choices=CHOICES["distribute"], help="tf.distribute strategy (default none)")
     switch("--scale-lr", "multiply --lr by the number of replicas", dest="scale_learning_rate")

@@ -3,7 +3,7 @@
 
     python bench/speed.py                       # classic width 128, batch 128
     python bench/speed.py --cpu-options         # also: oneDNN off, thread settings, XLA
-    python bench/speed.py --mixed-precision --xla   # GPU options on the project's side
+    python bench/speed.py --precision mixed_float16 --xla   # GPU options, the project's side
     python bench/speed.py --recipes v1,default  # each recipe's training step, % of peak
 
 Both sides use the same model width and batch, in one process:
@@ -34,7 +34,7 @@ def parse_arguments():
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=6, help="timed training steps per side")
     parser.add_argument("--sample-num", type=int, default=1000)
-    parser.add_argument("--mixed-precision", action="store_true")
+    parser.add_argument("--precision", default="float32", help="Keras dtype policy of training")
     parser.add_argument("--xla", action="store_true")
     parser.add_argument(
         "--cpu-options",
@@ -165,9 +165,7 @@ def recipes_mode(arguments, images, tf):
     peak = matmul_peak(tf)
     rows = []
     for recipe in arguments.recipes.split(","):
-        config = Config.for_recipe(
-            recipe, mixed_precision=arguments.mixed_precision, xla=arguments.xla
-        )
+        config = Config.for_recipe(recipe, precision=arguments.precision, xla=arguments.xla)
         model, train_once, _ = project_side(config, images, arguments, tf)
         seconds = timed(train_once, arguments.steps)
         training_flops = 3 * forward_flops(model)
@@ -207,7 +205,7 @@ def main():
         "classic",
         width=arguments.width,
         batch_size=arguments.batch_size,
-        mixed_precision=arguments.mixed_precision,
+        precision=arguments.precision,
         xla=arguments.xla,
     )
     if arguments.only_project_training:
@@ -216,7 +214,7 @@ def main():
         print(json.dumps({"images_per_second": arguments.batch_size / seconds}))
         return
 
-    reference_config = config.replace(mixed_precision=False, xla=False)
+    reference_config = config.replace(precision="float32", xla=False)
     peak = matmul_peak(tf)
     model, reference_train, reference_sample = reference_side(
         reference_config, images / 127.5 - 1, arguments, np, keras
@@ -253,8 +251,8 @@ def main():
     print(
         f"model: classic U-Net, width {arguments.width}, {model.count_params():,} parameters, "
         f"{flops / 1e9:.2f} GFLOP forward per image, {training_flops / 1e9:.2f} GFLOP per "
-        f"training image; batch {arguments.batch_size}; project side: mixed precision "
-        f"{arguments.mixed_precision}, XLA {arguments.xla}"
+        f"training image; batch {arguments.batch_size}; project side: precision "
+        f"{arguments.precision}, XLA {arguments.xla}"
     )
     print(f"tf.matmul 4096x4096 float32 peak: {peak:.0f} GFLOP/s")
     print("| measure | reference (classic loop) | tf_diffusion | ratio |")

@@ -29,8 +29,8 @@ from tf_diffusion.lock import LOCK_FILENAME, heartbeat, moved_aside
 from tf_diffusion.model import make_model
 
 CHECKPOINT_PREFIX = "ckpt"
-# Objects a checkpoint may lack: only mixed-precision runs save their loss scale,
-# and a run may switch --mixed-precision when it resumes (it then starts afresh).
+# Objects a checkpoint may lack: only mixed_float16 runs save their loss scale,
+# and a run may switch --precision when it resumes (it then starts afresh).
 OPTIONAL_OBJECTS = ("loss_scale",)
 # How often a reader starts again from the newest checkpoint when the run pruned the one it read.
 READER_REREADS = 20
@@ -163,7 +163,7 @@ class CheckpointStore:
                         "wrote it, or start anew with --fresh"
                     ) from None
             # What the file holds beyond this run's objects (the loss scale of a
-            # mixed-precision run resumed in float32) is left unread, silently.
+            # mixed_float16 run resumed in float32) is left unread, silently.
             status.expect_partial()
             return path
         return None

@@ -89,7 +89,9 @@ class Config:
     track_kid: int = 0  # KID and FID of N samples vs N training images at each round end; 0 is off
     inception_weights: str = "imagenet"  # InceptionV3 weights: "imagenet", a .h5 file or "random"
     # Hardware.
-    mixed_precision: bool = False  # mixed_float16 compute with loss scaling (GPU)
+    # Keras dtype policy of training: "float32", "mixed_float16" (GPU; loss scaling) or
+    # "mixed_bfloat16" (GPU, or a CPU with AVX512-BF16 or AMX). Weights and sampling stay float32.
+    precision: str = "float32"
     xla: bool = False  # Compile the training step with XLA (GPU)
     distribute: str = "none"  # tf.distribute strategy, see CHOICES
     scale_learning_rate: bool = False  # Multiply learning_rate by the number of replicas
@@ -109,7 +111,7 @@ class Config:
         "spacing",
         "track_kid",
         "inception_weights",
-        "mixed_precision",
+        "precision",
         "xla",
         "distribute",
         "steps_per_call",
@@ -220,6 +222,8 @@ class Config:
                 "restore it or start anew with --fresh"
             )
         values = {key: value for key, value in values.items() if key not in RETIRED_SETTINGS}
+        if isinstance(values.get("mixed_precision"), bool):  # before --precision: on or off
+            values["precision"] = "mixed_float16" if values.pop("mixed_precision") else "float32"
         values = {**FIRST_VERSION, **values}
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
@@ -349,6 +353,7 @@ CHOICES = {
     "sampler": ("ddim", "dpm-solver++", "heun"),
     "spacing": ("uniform", "edm"),
     "distribute": ("none", "mirrored", "multi-worker", "tpu"),
+    "precision": ("float32", "mixed_float16", "mixed_bfloat16"),
 }
 
 # Upper bounds: past these a setting means nothing for 32x32 images (or exhausts memory), or

@@ -136,7 +136,7 @@ class Trainer:
         # The initial weights come from the seed too, so a run is reproducible.
         keras.utils.set_random_seed(config.seed)
         with self.strategy.scope():
-            with dtype_policy("mixed_float16" if config.mixed_precision else "float32"):
+            with dtype_policy(config.precision):
                 self.model = make_model(config)
             self.ema_model = None
             if config.ema_decay > 0:
@@ -146,12 +146,12 @@ class Trainer:
             self.adam.build(self.model.trainable_variables)
             # `optimizer` applies the gradients; `adam` is the plain Adam inside
             # it, which the checkpoint holds as "optimizer" so that float32 and
-            # mixed-precision runs save the same Adam variables. A mixed-precision
+            # mixed-precision runs save the same Adam variables. A mixed_float16
             # run also saves its dynamic loss scale, as "loss_scale", so that it
-            # resumes exactly; a run may switch --mixed-precision when it resumes.
+            # resumes exactly; a run may switch --precision when it resumes.
             self.optimizer = self.adam
             self.loss_scale = None
-            if config.mixed_precision:
+            if config.precision == "mixed_float16":  # bfloat16 has float32's range: no scaling
                 self.optimizer = keras.optimizers.LossScaleOptimizer(self.adam)
                 self.optimizer.build(self.model.trainable_variables)
                 self.loss_scale = tf.Module(name="loss_scale")
@@ -392,7 +392,7 @@ def fit(
             if not math.isfinite(loss):
                 raise TrainingDiverged(
                     f"the loss became {loss} at step {new_step}; nothing was saved after the last "
-                    "checkpoint. Lower --lr or drop --mixed-precision, then run again to resume"
+                    "checkpoint. Lower --lr or use --precision float32, then run again to resume"
                 )
             if progress is not None:
                 progress.update(new_step, loss, trainer.learning_rate)
