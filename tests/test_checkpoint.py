@@ -208,15 +208,16 @@ def test_a_run_in_a_relative_folder_resumes(tmp_path, monkeypatch):
     assert int(step.numpy()) == 3
 
 
-def test_mixed_precision_runs_resume_exactly_loss_scale_included(tmp_path, npz_path):
-    """The exact-resume check above for a --mixed-precision run (which runs on CPU too).
+@pytest.mark.parametrize("precision", ["--mixed-precision", "--precision=mixed_bfloat16"])
+def test_mixed_precision_runs_resume_exactly_loss_scale_included(tmp_path, npz_path, precision):
+    """The exact-resume check above for mixed-precision runs (which run on CPU too).
 
     The run interrupted after step 1 is the straight run's folder cut back to
     ckpt-1: what a run stopped there leaves (saving changes nothing), for one
-    process less.
+    process less. `--mixed-precision` is `--precision mixed_float16`.
     """
     straight = tmp_path / "straight"
-    run_train(straight, npz_path, 2, "--save-every=1", "--mixed-precision")
+    run_train(straight, npz_path, 2, "--save-every=1", precision)
     interrupted = tmp_path / "interrupted"
     shutil.copytree(straight, interrupted)
     for name in os.listdir(interrupted):
@@ -225,16 +226,21 @@ def test_mixed_precision_runs_resume_exactly_loss_scale_included(tmp_path, npz_p
     (interrupted / "checkpoint").write_text(
         'model_checkpoint_path: "ckpt-1"\nall_model_checkpoint_paths: "ckpt-1"\n'
     )
-    output = run_train(interrupted, npz_path, 2, "--mixed-precision")
+    output = run_train(interrupted, npz_path, 2, precision)
     assert "Resuming from step 1" in output
     straight_1 = checkpoint_tensors(straight / "ckpt-1")
     straight_2 = checkpoint_tensors(straight / "ckpt-2")
     resumed = checkpoint_tensors(interrupted)
     assert_same_tensors(straight_2, resumed)
     scale, finite_steps = (f"loss_scale/{name}/.ATTRIBUTES/VARIABLE_VALUE" for name in LOSS_SCALE)
-    assert straight_1[scale] == resumed[scale] == 2.0**15
-    # The count of finite steps decides when the scale grows; a restarted one would be 1 here.
-    assert (straight_1[finite_steps], resumed[finite_steps]) == (1, 2)
+    if precision == "--mixed-precision":
+        assert straight_1[scale] == resumed[scale] == 2.0**15
+        # The count of finite steps decides when the scale grows; a restarted one would be 1.
+        assert (straight_1[finite_steps], resumed[finite_steps]) == (1, 2)
+    else:  # bfloat16 keeps float32's range: nothing to scale
+        assert scale not in resumed
+    saved = json.loads((straight / "config.json").read_text())["precision"]
+    assert saved == {"--mixed-precision": "mixed_float16"}.get(precision, "mixed_bfloat16")
 
 
 LOSS_SCALE = ("dynamic_scale", "step_counter")
@@ -247,7 +253,7 @@ def test_a_run_may_switch_mixed_precision_when_it_resumes(tmp_path):
     float32 = Trainer(tiny_config())
     float32.batches_seen.assign(5)
     store(float32).save(1, float32.config)
-    mixed = Trainer(tiny_config(mixed_precision=True))
+    mixed = Trainer(tiny_config(precision="mixed_float16"))
     assert store(mixed).restore().endswith("ckpt-1")  # a checkpoint with no loss scale
     assert int(mixed.batches_seen.numpy()) == 5
     assert float(mixed.optimizer.dynamic_scale.numpy()) == 2.0**15  # it starts afresh

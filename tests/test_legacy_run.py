@@ -5,6 +5,7 @@ import os
 import shutil
 
 import numpy as np
+import pytest
 from conftest import REPOSITORY, synthetic_images
 
 from tf_diffusion import commands
@@ -67,3 +68,16 @@ def test_settings_added_since_the_first_version_take_its_values_when_missing(tmp
         **FIRST_VERSION,
         **FIRST_DEFAULT,
     }
+
+
+@pytest.mark.parametrize("saved, precision", [(True, "mixed_float16"), (False, "float32")])
+def test_the_old_mixed_precision_switch_reads_as_its_precision(saved, precision):
+    """config.json saved `mixed_precision` true or false before --precision replaced it."""
+    from tf_diffusion.config import Config
+
+    with open(os.path.join(LEGACY, "legacy-run", "config.json")) as file:
+        values = json.load(file)
+    assert values["mixed_precision"] is False
+    values["mixed_precision"] = saved
+    config = Config.from_dict(values)
+    assert config.precision == precision and not hasattr(config, "mixed_precision")

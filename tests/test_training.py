@@ -185,16 +185,24 @@ def test_steps_per_call_matches_single_steps():
         np.testing.assert_allclose(single, many, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("option", ["mixed_precision", "xla"])
+@pytest.mark.parametrize(
+    "option", [{"precision": "mixed_float16"}, {"precision": "mixed_bfloat16"}, {"xla": True}]
+)
 def test_gpu_options_train_on_any_device(option):
-    trainer = Trainer(tiny_config("default", **{option: True}))
+    trainer = Trainer(tiny_config("default", **option))
     images = scale_images(synthetic_images(4))
     losses = [float(trainer.train_one(images)) for _ in range(3)]
     assert all(np.isfinite(losses))
     assert trainer.model.outputs[0].dtype == "float32"  # outputs stay float32
-    if option == "mixed_precision":
-        assert trainer.model.layers[2].compute_dtype == "float16"
-        assert isinstance(trainer.optimizer, tf.keras.optimizers.LossScaleOptimizer)
+    assert all(weight.dtype == "float32" for weight in trainer.model.weights)
+    compute_dtype = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
+    assert trainer.model.layers[2].compute_dtype == compute_dtype.get(
+        option.get("precision"), "float32"
+    )
+    # Only float16 needs its loss scaled; bfloat16 has float32's range.
+    scaled = isinstance(trainer.optimizer, tf.keras.optimizers.LossScaleOptimizer)
+    assert scaled == (option.get("precision") == "mixed_float16")
+    assert trainer.sampling_model.layers[2].compute_dtype == "float32"  # EMA samples in float32
 
 
 def test_a_global_batch_that_does_not_split_over_the_replicas_is_a_one_line_error():
