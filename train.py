@@ -97,8 +97,8 @@ def make_parser():
     add(
         "--precision",
         choices=CHOICES["precision"],
-        help="Keras dtype policy of training: mixed_float16 on a GPU, mixed_bfloat16 on a GPU or "
-        "a CPU with AVX512-BF16/AMX (weights stay float32)",
+        help="Keras dtype policy of training (weights stay float32); auto (default): "
+        "mixed_bfloat16 on a CPU with AVX512-BF16/AMX and no GPU, else float32",
     )
     add(
         "--mixed-precision",

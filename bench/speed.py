@@ -5,6 +5,7 @@
     python bench/speed.py --cpu-options         # also: oneDNN off, thread settings, XLA
     python bench/speed.py --precision mixed_float16 --xla   # GPU options, the project's side
     python bench/speed.py --recipes v1,default  # each recipe's training step, % of peak
+    python bench/speed.py --recipes default --precision float32,mixed_bfloat16  # and each policy
 
 Both sides use the same model width and batch, in one process:
 (a) the reference: the classic notebook's loop, `model.train_on_batch` on
@@ -34,7 +35,12 @@ def parse_arguments():
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=6, help="timed training steps per side")
     parser.add_argument("--sample-num", type=int, default=1000)
-    parser.add_argument("--precision", default="float32", help="Keras dtype policy of training")
+    parser.add_argument(
+        "--precision",
+        default="float32",
+        help="Keras dtype policy of the project's training (with --recipes: a comma list, each "
+        "timed side by side)",
+    )
     parser.add_argument("--xla", action="store_true")
     parser.add_argument(
         "--cpu-options",
@@ -165,22 +171,27 @@ def recipes_mode(arguments, images, tf):
     peak = matmul_peak(tf)
     rows = []
     for recipe in arguments.recipes.split(","):
-        config = Config.for_recipe(recipe, precision=arguments.precision, xla=arguments.xla)
-        model, train_once, _ = project_side(config, images, arguments, tf)
-        seconds = timed(train_once, arguments.steps)
-        training_flops = 3 * forward_flops(model)
-        images_per_second = config.batch_size / seconds
-        gflops = images_per_second * training_flops / 1e9
-        rows.append((recipe, config, model.count_params(), images_per_second, gflops))
+        for precision in arguments.precision.split(","):
+            config = Config.for_recipe(recipe, precision=precision, xla=arguments.xla)
+            model, train_once, _ = project_side(config, images, arguments, tf)
+            seconds = timed(train_once, arguments.steps)
+            training_flops = 3 * forward_flops(model)
+            images_per_second = config.batch_size / seconds
+            gflops = images_per_second * training_flops / 1e9
+            rows.append((recipe, config, model.count_params(), images_per_second, gflops))
     print(f"bench/speed.py  {' '.join(sys.argv[1:])}")
     print(f"machine: {machine(tf)}")
     print(f"tf.matmul 4096x4096 float32 peak: {peak:.0f} GFLOP/s")
-    print("| recipe | width | batch | parameters | training img/s | GFLOP/s | % of matmul peak |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| recipe | precision | width | batch | parameters | training img/s | × first row | "
+        "GFLOP/s | % of float32 matmul peak |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for recipe, config, parameters, images_per_second, gflops in rows:
         print(
-            f"| {recipe} | {config.width} | {config.batch_size} | {parameters:,} | "
-            f"{images_per_second:.1f} | {gflops:.0f} | {100 * gflops / peak:.0f}% |"
+            f"| {recipe} | {config.precision} | {config.width} | {config.batch_size} | "
+            f"{parameters:,} | {images_per_second:.1f} | {images_per_second / rows[0][3]:.2f} | "
+            f"{gflops:.0f} | {100 * gflops / peak:.0f}% |"
         )
 
 

@@ -48,6 +48,7 @@ FIRST_DEFAULT = {
     "round_steps": 5000,
     "ema_decay": 0.999,
     "sampling_steps": 50,
+    "precision": "float32",  # then the mixed_precision switch, off
 }
 
 

@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 from conftest import synthetic_images, tiny_config
 
-from tf_diffusion.config import UsageError
+from tf_diffusion import training
+from tf_diffusion.config import Config, UsageError
 from tf_diffusion.data import make_dataset, scale_images
 from tf_diffusion.schedule import training_pair
 from tf_diffusion.training import (
@@ -186,7 +187,12 @@ def test_steps_per_call_matches_single_steps():
 
 
 @pytest.mark.parametrize(
-    "option", [{"precision": "mixed_float16"}, {"precision": "mixed_bfloat16"}, {"xla": True}]
+    "option",
+    [
+        {"precision": "mixed_float16"},
+        {"precision": "mixed_bfloat16"},
+        {"precision": "float32", "xla": True},
+    ],
 )
 def test_gpu_options_train_on_any_device(option):
     trainer = Trainer(tiny_config("default", **option))
@@ -203,6 +209,25 @@ def test_gpu_options_train_on_any_device(option):
     scaled = isinstance(trainer.optimizer, tf.keras.optimizers.LossScaleOptimizer)
     assert scaled == (option.get("precision") == "mixed_float16")
     assert trainer.sampling_model.layers[2].compute_dtype == "float32"  # EMA samples in float32
+
+
+def test_auto_precision_is_bfloat16_only_on_a_cpu_with_bfloat16_instructions(tmp_path, monkeypatch):
+    cpu_info = tmp_path / "cpuinfo"
+    cpu_info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert training.cpu_has_bfloat16(str(cpu_info))
+    cpu_info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    assert not training.cpu_has_bfloat16(str(cpu_info))
+    assert not training.cpu_has_bfloat16(str(tmp_path / "missing"))  # macOS, Windows
+
+    for has_bfloat16, expected in ((True, "mixed_bfloat16"), (False, "float32")):
+        monkeypatch.setattr(training, "cpu_has_bfloat16", lambda: has_bfloat16)
+        assert training.training_precision("auto") == expected
+        assert training.training_precision("float32") == "float32"  # a choice is kept
+        compute_dtype = {"mixed_bfloat16": "bfloat16"}.get(expected, expected)
+        assert Trainer(tiny_config(precision="auto")).model.layers[2].compute_dtype == compute_dtype
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["a GPU"])
+    assert training.training_precision("auto") == "float32"  # a GPU's choice is the user's
+    assert Config.for_recipe("v1").precision == Config.for_recipe("classic").precision == "float32"
 
 
 def test_a_global_batch_that_does_not_split_over_the_replicas_is_a_one_line_error():

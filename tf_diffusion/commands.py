@@ -73,7 +73,7 @@ def train_holding_lock(weights_dir, recipe, overrides, fresh, quiet, stop_at=Non
             f"Starting a new '{config.recipe}' run in {weights_dir}: class {config.label} "
             f"({CIFAR10_CLASS_NAMES[config.label]}), {len(images)} images, "
             f"{trainer.model.count_params():,} parameters, {strategy.num_replicas_in_sync} "
-            f"replica{'s' if strategy.num_replicas_in_sync > 1 else ''}",
+            f"replica{'s' if strategy.num_replicas_in_sync > 1 else ''}, {trainer.precision}",
             flush=True,
         )
     start_step = trainer.step

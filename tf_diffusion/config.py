@@ -89,9 +89,10 @@ class Config:
     track_kid: int = 0  # KID and FID of N samples vs N training images at each round end; 0 is off
     inception_weights: str = "imagenet"  # InceptionV3 weights: "imagenet", a .h5 file or "random"
     # Hardware.
-    # Keras dtype policy of training: "float32", "mixed_float16" (GPU; loss scaling) or
-    # "mixed_bfloat16" (GPU, or a CPU with AVX512-BF16 or AMX). Weights and sampling stay float32.
-    precision: str = "float32"
+    # Keras dtype policy of training: "float32", "mixed_float16" (GPU; loss scaling),
+    # "mixed_bfloat16" (GPU, or a CPU with AVX512-BF16 or AMX), or "auto": mixed_bfloat16 on
+    # such a CPU with no GPU, else float32. Weights and sampling stay float32.
+    precision: str = "auto"
     xla: bool = False  # Compile the training step with XLA (GPU)
     distribute: str = "none"  # tf.distribute strategy, see CHOICES
     scale_learning_rate: bool = False  # Multiply learning_rate by the number of replicas
@@ -300,8 +301,9 @@ RECIPES = {
     # 1000 levels, v-prediction with min-SNR weights on the MAE, a level
     # embedding that does not alias, residual blocks with GroupNorm scaled and
     # shifted by the level (AdaGN), Adam at 2e-3 after a 100-step warm-up at
-    # batch 32 (twice v1's steps for the same images), EMA weights, and 15
-    # steps of DPM-Solver++(2M) to sample.
+    # batch 32 (twice v1's steps for the same images), EMA weights, 15
+    # steps of DPM-Solver++(2M) to sample, and bfloat16 compute where the CPU
+    # has it ("auto").
     "default": {},
     # The default recipe as it was first released, kept by name for comparisons.
     "v1": {
@@ -319,6 +321,7 @@ RECIPES = {
         "round_steps": 5000,
         "ema_decay": 0.999,
         "sampling_steps": 50,
+        "precision": "float32",
     },
     # The classic "diffusion from scratch" recipe, reproduced exactly.
     "classic": {
@@ -336,6 +339,7 @@ RECIPES = {
         "round_steps": 5000,
         "ema_decay": 0.0,
         "sampling_steps": 16,
+        "precision": "float32",
     },
 }
 
@@ -353,7 +357,7 @@ CHOICES = {
     "sampler": ("ddim", "dpm-solver++", "heun"),
     "spacing": ("uniform", "edm"),
     "distribute": ("none", "mirrored", "multi-worker", "tpu"),
-    "precision": ("float32", "mixed_float16", "mixed_bfloat16"),
+    "precision": ("auto", "float32", "mixed_float16", "mixed_bfloat16"),
 }
 
 # Upper bounds: past these a setting means nothing for 32x32 images (or exhausts memory), or

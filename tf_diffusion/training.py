@@ -111,6 +111,30 @@ def learning_rate_schedule(config, learning_rate):
     )
 
 
+def training_precision(precision):
+    """The Keras dtype policy to train with: `precision`, or for "auto" this machine's best.
+
+    "auto" is mixed_bfloat16 on a CPU that multiplies bfloat16 natively (and no
+    GPU), where it trains about 1.3x faster; float32 everywhere else, since
+    emulated bfloat16 is slow and a GPU's choice depends on its generation.
+    """
+    if precision != "auto":
+        return precision
+    if tf.config.list_physical_devices("GPU") or not cpu_has_bfloat16():
+        return "float32"
+    return "mixed_bfloat16"
+
+
+def cpu_has_bfloat16(cpu_info="/proc/cpuinfo"):
+    """Whether the CPU has bfloat16 instructions (AVX512-BF16 or AMX); False if it cannot tell."""
+    try:
+        with open(cpu_info, encoding="utf-8", errors="replace") as file:
+            flags = next((line for line in file if line.startswith("flags")), "")
+    except OSError:  # not Linux
+        return False
+    return not {"avx512_bf16", "amx_bf16"}.isdisjoint(flags.split(":", 1)[-1].split())
+
+
 @contextlib.contextmanager
 def dtype_policy(name):
     """Build layers under the Keras dtype policy `name`, then put the old one back."""
@@ -130,13 +154,14 @@ class Trainer:
         self.strategy = strategy or tf.distribute.get_strategy()
         check_batch_split(config.batch_size, self.strategy.num_replicas_in_sync)
         self.schedule = NoiseSchedule.from_config(config)
+        self.precision = training_precision(config.precision)
         learning_rate = config.learning_rate
         if config.scale_learning_rate:
             learning_rate *= self.strategy.num_replicas_in_sync
         # The initial weights come from the seed too, so a run is reproducible.
         keras.utils.set_random_seed(config.seed)
         with self.strategy.scope():
-            with dtype_policy(config.precision):
+            with dtype_policy(self.precision):
                 self.model = make_model(config)
             self.ema_model = None
             if config.ema_decay > 0:
@@ -151,7 +176,7 @@ class Trainer:
             # resumes exactly; a run may switch --precision when it resumes.
             self.optimizer = self.adam
             self.loss_scale = None
-            if config.precision == "mixed_float16":  # bfloat16 has float32's range: no scaling
+            if self.precision == "mixed_float16":  # bfloat16 has float32's range: no scaling
                 self.optimizer = keras.optimizers.LossScaleOptimizer(self.adam)
                 self.optimizer.build(self.model.trainable_variables)
                 self.loss_scale = tf.Module(name="loss_scale")
