@@ -115,7 +115,7 @@ def training_precision(precision):
     """The Keras dtype policy to train with: `precision`, or for "auto" this machine's best.
 
     "auto" is mixed_bfloat16 on a CPU that multiplies bfloat16 natively (and no
-    GPU), where it trains about 1.3x faster; float32 everywhere else, since
+    GPU), where it trains about 1.2x faster; float32 everywhere else, since
     emulated bfloat16 is slow and a GPU's choice depends on its generation.
     """
     if precision != "auto":
