@@ -396,8 +396,9 @@ def fit(
     """Train until `max_steps`, calling `on_save(step)` and `on_round_end(step)` on time.
 
     Raises `TrainingDiverged`, without saving, when the loss stops being finite.
-    Ctrl-C or SIGTERM raises `KeyboardInterrupt` between two whole steps (see
-    `interrupts_between_steps`), never inside TensorFlow or a save.
+    A first Ctrl-C or SIGTERM raises `KeyboardInterrupt` between two whole steps,
+    not inside TensorFlow or a save; a second one raises at once, wherever the
+    loop is (see `interrupts_between_steps`).
     """
     with interrupts_between_steps() as interrupted:
         config = trainer.config
