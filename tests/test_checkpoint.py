@@ -227,7 +227,8 @@ def test_mixed_precision_runs_resume_exactly_loss_scale_included(tmp_path, npz_p
         'model_checkpoint_path: "ckpt-1"\nall_model_checkpoint_paths: "ckpt-1"\n'
     )
     output = run_train(interrupted, npz_path, 2, precision)
-    assert "Resuming from step 1" in output
+    policy = {"--mixed-precision": "mixed_float16"}.get(precision, "mixed_bfloat16")
+    assert f"Resuming from step 1 (ckpt-1) in {interrupted}, {policy}\n" in output
     straight_1 = checkpoint_tensors(straight / "ckpt-1")
     straight_2 = checkpoint_tensors(straight / "ckpt-2")
     resumed = checkpoint_tensors(interrupted)
@@ -239,8 +240,7 @@ def test_mixed_precision_runs_resume_exactly_loss_scale_included(tmp_path, npz_p
         assert (straight_1[finite_steps], resumed[finite_steps]) == (1, 2)
     else:  # bfloat16 keeps float32's range: nothing to scale
         assert scale not in resumed
-    saved = json.loads((straight / "config.json").read_text())["precision"]
-    assert saved == {"--mixed-precision": "mixed_float16"}.get(precision, "mixed_bfloat16")
+    assert json.loads((straight / "config.json").read_text())["precision"] == policy
 
 
 LOSS_SCALE = ("dynamic_scale", "step_counter")

@@ -65,7 +65,8 @@ def train_holding_lock(weights_dir, recipe, overrides, fresh, quiet, stop_at=Non
     if resumed:
         path = store.restore(say=say)
         say(
-            f"Resuming from step {trainer.step} ({os.path.basename(path)}) in {weights_dir}",
+            f"Resuming from step {trainer.step} ({os.path.basename(path)}) in {weights_dir}, "
+            f"{trainer.precision}",
             flush=True,
         )
     else:
