@@ -153,16 +153,20 @@ def training_gflops(weights_dir, images, cpu_seconds):
 
 
 def machine():
+    """The line every bench prints about the machine: the CPU's model, its cores, whether it has
+    bfloat16 instructions (they decide what `--precision auto` trains in) and Python's version."""
+    from tf_diffusion.training import cpu_has_bfloat16
+
     cpu = platform.processor() or "unknown CPU"
     try:
         with open("/proc/cpuinfo") as file:
-            for line in file:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
+            cpu = next(
+                line.split(":", 1)[1].strip() for line in file if line.startswith("model name")
+            )
+    except (OSError, StopIteration):
         pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    bfloat16 = "bfloat16 instructions" if cpu_has_bfloat16() else "no bfloat16 instructions"
+    return f"{cpu}, {os.cpu_count()} cores, {bfloat16}, Python {platform.python_version()}"
 
 
 def train(flags, weights_dir, arguments, log, threads=None):

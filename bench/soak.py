@@ -25,7 +25,6 @@ second trainer was refused, and the trainer saved and stopped cleanly.
 import argparse
 import json
 import os
-import platform
 import shlex
 import signal
 import subprocess
@@ -36,6 +35,7 @@ import time
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [REPOSITORY, os.path.join(REPOSITORY, "tests")]
 
+import quality  # noqa: E402 (bench/, beside this file)
 from conftest import synthetic_images, tiny_train_command  # noqa: E402
 
 ENVIRONMENT = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -202,16 +202,6 @@ def contend_loop(arguments):
 # ---- the conductor
 
 
-def machine():
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as file:
-            model = next(line.split(":", 1)[1].strip() for line in file if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {os.cpu_count()} cores"
-
-
 def start_helper(role, folder, weights_dir, data, stop_file):
     report = os.path.join(folder, f"{role}.json")
     command = [
@@ -298,7 +288,8 @@ def conduct(arguments):
 
     print(f"\ntrainer: `{shlex.join(command)}`")
     print(
-        f"second trainer: the same command, every other time with `--fresh`; machine: {machine()}\n"
+        "second trainer: the same command, every other time with `--fresh`; "
+        f"machine: {quality.machine()}\n"
     )
     print("| measure | count |")
     print("| --- | --- |")

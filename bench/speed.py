@@ -20,7 +20,6 @@ float32 `tf.matmul` measured in the same run.
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -59,22 +58,14 @@ def parse_arguments():
 
 
 def machine(tf):
-    cpu = platform.processor() or "CPU"
-    try:
-        with open("/proc/cpuinfo") as file:
-            cpu = next(
-                line.split(":", 1)[1].strip() for line in file if line.startswith("model name")
-            )
-    except (OSError, StopIteration):
-        pass
+    """bench/quality.py's line about the machine, with its GPUs and TensorFlow's version."""
+    import quality
+
     gpus = [
         tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
         for gpu in tf.config.list_physical_devices("GPU")
     ]
-    return (
-        f"{cpu}, {os.cpu_count()} cores, GPU: {', '.join(gpus) or 'none'}, "
-        f"TensorFlow {tf.__version__}, Python {platform.python_version()}"
-    )
+    return f"{quality.machine()}, GPU: {', '.join(gpus) or 'none'}, TensorFlow {tf.__version__}"
 
 
 def forward_flops(model):
