@@ -43,7 +43,7 @@ def make_parser():
     add("--label", help="CIFAR-10 class, 0-9 or a name such as automobile (default 1)")
     add("--data", help="'tfds' (default: download CIFAR-10), an .npz file or an image folder")
     add("--weights-dir", default="checkpoints", help="run folder to create or resume")
-    add("--batch-size", type=int, help="global batch (default 16; v1 64; classic 128)")
+    add("--batch-size", type=int, help="global batch (default 8; v1 64; classic 128)")
     add("--width", type=int, help="base channels of the U-Net (default 32; classic 128)")
     switch("--attention", "self-attention at 8x8 (residual network)")
     add("--time-conditioning", choices=CHOICES["time_conditioning"], help="level into blocks")

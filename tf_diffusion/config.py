@@ -66,7 +66,7 @@ class Config:
     noise_keys: str = "tagged"  # Random keys: "tagged" per stream, or v1's "shared" ones
     flip: bool = False  # Mirror each training image left-right at random (needs tagged keys)
     # Optimisation.
-    batch_size: int = 16  # Global batch, split over the replicas
+    batch_size: int = 8  # Global batch, split over the replicas
     learning_rate: float = 2e-3  # Adam's peak rate (the classic: its first round's)
     learning_rate_decay: float = 0.9  # Factor applied to the rate after each round
     learning_rate_floor: float = 1e-6  # The rate never decays below this
@@ -301,7 +301,7 @@ RECIPES = {
     # 1000 levels, v-prediction with min-SNR weights on the MAE, a level
     # embedding that does not alias, residual blocks with GroupNorm scaled and
     # shifted by the level (AdaGN), Adam at 2e-3 after a 100-step warm-up at
-    # batch 16 (four times v1's steps for the same images), EMA weights, 15
+    # batch 8 (eight times v1's steps for the same images), EMA weights, 15
     # steps of DPM-Solver++(2M) to sample, and bfloat16 compute where the CPU
     # has it ("auto").
     "default": {},
