@@ -17,7 +17,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tf_diffusion.config import (  # noqa: E402 (no TensorFlow)
     CHOICES,
+    RECIPES,
     ArgumentParser,
+    Config,
     UsageError,
     check_arguments,
     check_at_least,
@@ -32,6 +34,14 @@ def parse_arguments(argv=None):
     return make_parser().parse_args(argv)
 
 
+def defaults(name):
+    """'default X' for the setting `name`, and each recipe that sets it otherwise, from `Config`."""
+    values = {recipe: getattr(Config.for_recipe(recipe), name) for recipe in RECIPES}
+    default = values.pop("default")
+    others = [f"; {recipe} {value:g}" for recipe, value in values.items() if value != default]
+    return f"default {default:g}" + "".join(others)
+
+
 def make_parser():
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
@@ -43,15 +53,19 @@ def make_parser():
     add("--label", help="CIFAR-10 class, 0-9 or a name such as automobile (default 1)")
     add("--data", help="'tfds' (default: download CIFAR-10), an .npz file or an image folder")
     add("--weights-dir", default="checkpoints", help="run folder to create or resume")
-    add("--batch-size", type=int, help="global batch (default 8; v1 64; classic 128)")
-    add("--width", type=int, help="base channels of the U-Net (default 32; classic 128)")
+    add("--batch-size", type=int, help=f"global batch ({defaults('batch_size')})")
+    add("--width", type=int, help=f"base channels of the U-Net ({defaults('width')})")
     switch("--attention", "self-attention at 8x8 (residual network)")
     add("--time-conditioning", choices=CHOICES["time_conditioning"], help="level into blocks")
     add("--embedding-max-frequency", type=float, help="top frequency of the level embedding")
-    add("--timesteps", type=int, help="noise levels (default 1000; classic 16)")
+    add("--timesteps", type=int, help=f"noise levels ({defaults('timesteps')})")
     add("--prediction", choices=CHOICES["prediction"], help="what the network learns to output")
     add("--loss-weighting", choices=CHOICES["loss_weighting"], help="weight of each level")
-    add("--min-snr-gamma", type=float, help="SNR cap of --loss-weighting min-snr (default 5)")
+    add(
+        "--min-snr-gamma",
+        type=float,
+        help=f"SNR cap of --loss-weighting min-snr ({defaults('min_snr_gamma')})",
+    )
     add("--level-distribution", choices=CHOICES["level_distribution"], help="training levels")
     add("--level-mean", type=float, help="log-normal levels: mean of log(noise/signal)")
     add("--level-std", type=float, help="log-normal levels: its standard deviation")
@@ -65,7 +79,12 @@ def make_parser():
         help="end this session at STEP, saved; --max-steps and the rate schedule stay (chunks)",
     )
     add("--round-steps", type=int, help="steps per round: a sample grid, rounds' rate decay")
-    add("--lr", type=float, dest="learning_rate", help="peak learning rate (default 2e-3)")
+    add(
+        "--lr",
+        type=float,
+        dest="learning_rate",
+        help=f"peak learning rate ({defaults('learning_rate')})",
+    )
     add("--lr-decay", type=float, dest="learning_rate_decay", help="factor after each round")
     add(
         "--lr-schedule",
@@ -76,13 +95,25 @@ def make_parser():
     add("--warmup-steps", type=int, help="linear warm-up steps of --lr-schedule cosine")
     add("--ema-decay", type=float, help="EMA of the weights for sampling; 0 is off")
     add("--seed", type=int, help="random seed of the data order, levels and noise")
-    add("--save-every", type=int, help="save every N steps (default 1000)")
-    add("--save-every-minutes", type=float, help="also save every M minutes (default 10)")
-    add("--keep-checkpoints", type=int, help="how many checkpoints to keep (default 3)")
+    add("--save-every", type=int, help=f"save every N steps ({defaults('save_every')})")
+    add(
+        "--save-every-minutes",
+        type=float,
+        help=f"also save every M minutes ({defaults('save_every_minutes')})",
+    )
+    add(
+        "--keep-checkpoints",
+        type=int,
+        help=f"how many checkpoints to keep ({defaults('keep_checkpoints')})",
+    )
     add("--sampling-steps", type=int, help="denoising steps for the round sample grids")
     add("--sampler", choices=CHOICES["sampler"], help="sampler of the round grids")
     add("--spacing", choices=CHOICES["spacing"], help="levels the sampler visits")
-    add("--steps-per-call", type=int, help="training steps per compiled call (default 1)")
+    add(
+        "--steps-per-call",
+        type=int,
+        help=f"training steps per compiled call ({defaults('steps_per_call')})",
+    )
     add(
         "--track-kid",
         type=int,
