@@ -13,7 +13,7 @@ import pytest
 from conftest import REPOSITORY, tiny_flags
 
 from tf_diffusion.config import UsageError
-from tf_diffusion.lock import LOCK_FILENAME, RunLock, heartbeat, holding_lock, training_lock
+from tf_diffusion.lock import LOCK_FILENAME, RunLock, training_lock
 
 ENVIRONMENT = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
@@ -46,12 +46,12 @@ def test_a_live_run_refuses_a_second_one_in_one_line_that_names_it(tmp_path):
     run = tmp_path / "run"
     write_lock(run)
     with pytest.raises(UsageError) as error:
-        with holding_lock(str(run)):
+        with RunLock(str(run)):
             pass
     message = str(error.value)
     assert "\n" not in message
     for fragment in (
-        f"--weights-dir {run} is in use by another training run",
+        f"`weights_dir` {run} is in use by another training run",
         f"PID {os.getppid()} on {socket.gethostname()}",
         "since 2030-01-02T03:04:05+00:00",
         f"delete {run / LOCK_FILENAME}",
@@ -62,13 +62,13 @@ def test_a_live_run_refuses_a_second_one_in_one_line_that_names_it(tmp_path):
 
 def test_the_lock_lives_as_long_as_the_run_and_beats(tmp_path):
     run = tmp_path / "new" / "run"
-    with holding_lock(str(run)) as lock:
+    with RunLock(str(run)) as lock:
         record = lock_record(run)
         assert (record["host"], record["pid"]) == (socket.gethostname(), os.getpid())
-        with holding_lock(str(run)) as again:  # train.py takes it, then commands.train
-            assert again is lock
+        with pytest.raises(UsageError, match="is in use by another training run"):
+            RunLock(str(run)).acquire()  # one lock per run: it is passed down, not taken again
         time.sleep(0.01)
-        heartbeat(str(run))  # what each save does
+        lock.beat()  # what each save does
         assert lock_record(run)["heartbeat"] > record["heartbeat"]
         assert lock_record(run)["token"] == record["token"]
     assert not (tmp_path / "new").exists()  # made only to hold the lock, so removed again
@@ -77,7 +77,7 @@ def test_the_lock_lives_as_long_as_the_run_and_beats(tmp_path):
 def test_the_lock_is_released_on_an_error_and_the_run_s_files_stay(tmp_path):
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):  # what train.py's SIGINT and SIGTERM handlers raise
-        with holding_lock(str(run)):
+        with RunLock(str(run)):
             (run / "ckpt-1.index").write_text("saved")
             raise KeyboardInterrupt
     assert os.listdir(run) == ["ckpt-1.index"]
@@ -97,10 +97,11 @@ def test_the_heartbeat_thread_beats_every_interval(tmp_path):
     "changes, reason",
     [
         ({"pid": "dead"}, "is no longer running"),
+        ({"pid": "mine"}, "it was left by this process"),
         ({"host": "elsewhere", "age": 600}, "its last heartbeat was 10 min"),
         ("garbled", "it cannot be read and has not changed for 16 min"),
     ],
-    ids=["dead-process", "quiet-other-host", "unreadable"],
+    ids=["dead-process", "left-by-this-process", "quiet-other-host", "unreadable"],
 )
 def test_a_stale_lock_is_taken_over_with_a_one_line_warning(tmp_path, capsys, changes, reason):
     run = tmp_path / "run"
@@ -110,14 +111,15 @@ def test_a_stale_lock_is_taken_over_with_a_one_line_warning(tmp_path, capsys, ch
         old = time.time() - 1000
         os.utime(run / LOCK_FILENAME, (old, old))
     else:
-        write_lock(
-            run, **{key: dead_pid() if value == "dead" else value for key, value in changes.items()}
-        )
-    with holding_lock(str(run)):
+        pids = {"dead": dead_pid, "mine": os.getpid}
+        if changes.get("pid") in pids:
+            changes = dict(changes, pid=pids[changes["pid"]]())
+        write_lock(run, **changes)
+    with RunLock(str(run)):
         assert lock_record(run)["pid"] == os.getpid()
     warning = capsys.readouterr().err
     assert warning.count("\n") == 1 and warning.startswith("warning: ")
-    assert f"--weights-dir {run}: took over" in warning and reason in warning
+    assert f"`weights_dir` {run}: took over" in warning and reason in warning
     assert os.listdir(run) == []  # the old lock is not kept beside the new one
 
 
@@ -134,16 +136,16 @@ def test_a_lock_that_may_be_live_is_not_taken(tmp_path, changes):
     else:
         write_lock(run, **changes)
     with pytest.raises(UsageError, match="cannot be read|is in use by another training run"):
-        with holding_lock(str(run)):
+        with RunLock(str(run)):
             pass
 
 
 def test_a_run_whose_lock_was_taken_over_stops_at_its_next_save(tmp_path):
     run = tmp_path / "run"
-    with holding_lock(str(run)):
+    with RunLock(str(run)) as lock:
         write_lock(run, token="took-it-over")  # a run elsewhere thought this one dead
         with pytest.raises(UsageError, match="another run has taken over .*without saving"):
-            heartbeat(str(run))
+            lock.beat()
     assert lock_record(run)["token"] == "took-it-over"  # and its lock stays
 
 
@@ -311,9 +313,9 @@ def test_fresh_moves_the_old_run_aside_and_the_lock_stays_with_the_folder(tmp_pa
     run = tmp_path / "run"
     run.mkdir()
     (run / "old-run.txt").write_text("the old run")
-    with holding_lock(str(run)) as lock:
-        _, resumed, moved_to = resolve_config(str(run), fresh=True)
+    with RunLock(str(run)) as lock:
+        _, resumed, moved_to = resolve_config(str(run), fresh=True, lock=lock)
         assert not resumed and os.listdir(moved_to) == ["old-run.txt"]
         assert lock_record(run)["token"] == lock.record["token"]
-        heartbeat(str(run))
+        lock.beat()
     assert os.listdir(run) == []

@@ -1,18 +1,11 @@
 """One writer per run folder: the lock a training run holds on its weights folder.
 
-A training run creates `train.lock` in its weights folder before it writes
-anything else there, and removes it when it ends: normally, on Ctrl-C or
-SIGTERM, or on an error. The file names the run (host, PID, start time) and
-carries a heartbeat, renewed at each save and every minute. A second run on
-the folder is refused with one line that names the holder. A lock whose
-process is gone (same host), or whose heartbeat is older than
-`STALE_SECONDS` (another host, as when two machines share a Drive folder), is
-taken over with a one-line warning. Readers such as `predict.py` take no lock.
-
-The file is created with O_EXCL, so two runs that start together cannot
-both get it; a heartbeat replaces it with a complete new copy (a temporary
-file renamed over it), so a reader never sees half a record. Nothing here
-needs TensorFlow: `train.py` takes the lock before TensorFlow loads.
+Before it writes anything there, a run creates `train.lock` with O_EXCL, removed however it
+ends: JSON of its host, PID, start, command, token and heartbeat (Unix seconds, renewed every
+`HEARTBEAT_SECONDS` and at each save). Another run is refused in one line unless the lock is
+stale (same host: its process is gone; other host: no heartbeat for `STALE_SECONDS`; unreadable:
+unchanged as long): then it is renamed away, so only one run takes it over, with a warning. A
+run finding another's token in its lock stops without saving; `--fresh` relocks the new folder.
 """
 
 import contextlib
@@ -23,207 +16,180 @@ import socket
 import sys
 import threading
 import time
-import uuid
 
-from tf_diffusion.config import CONFIG_FILENAME, UsageError, check_writable, printable
+from tf_diffusion import UsageError
+from tf_diffusion.config import CONFIG_FILENAME
+from tf_diffusion.files import write_atomically
 
 LOCK_FILENAME = "train.lock"
 HEARTBEAT_SECONDS = 60.0
-# A lock from another host with no heartbeat for this long belongs to a dead run.
-STALE_SECONDS = 300.0
-
-# The locks this process holds, by path: train.py takes the lock, then commands.train holds it too.
-_held = {}
+STALE_SECONDS = 300.0  # a lock from another host with no heartbeat for this long is a dead run's
+RECORD = dict(host=str, pid=int, started=str, heartbeat=(int, float), token=str)  # as read
 
 
 class RunLock:
-    """The lock on one weights folder: `acquire`, `beat` at each save, `release` at the end."""
+    """The lock on one folder: `acquire` (or `with`), `beat` before each save, `release`."""
 
-    def __init__(self, directory, heartbeat_seconds=HEARTBEAT_SECONDS, stale_seconds=STALE_SECONDS):
-        self.directory = directory
-        self.path = os.path.join(directory, LOCK_FILENAME)
-        self.heartbeat_seconds = heartbeat_seconds
-        self.stale_seconds = stale_seconds
-        self.record = None
-        self.lost = None  # why the lock stopped being ours, once another run took it
-        self.created_folders = []  # made to hold the lock; removed at the end if still empty
-        self.mutex = threading.Lock()
-        self.stopped = threading.Event()
-        self.thread = None
+    def __init__(
+        self, directory, heartbeat_seconds=HEARTBEAT_SECONDS, stale_seconds=STALE_SECONDS, warn=None
+    ):
+        self.directory, self.path = directory, os.path.join(directory, LOCK_FILENAME)
+        self.heartbeat_seconds, self.stale_seconds = heartbeat_seconds, stale_seconds
+        self.warn = warn or (lambda text: print(f"warning: {text}", file=sys.stderr, flush=True))
+        self.token = os.urandom(16).hex()  # in the lock file; names the heartbeat thread
+        self.record = self.lost = self.thread = None  # lost: why the lock is no longer ours
+        self.created_folders, self.mutex, self.stopped = [], threading.Lock(), threading.Event()
 
     def acquire(self):
         """Take the lock, or raise `UsageError` naming the run that holds it."""
-        self.created_folders = missing_folders(self.directory)
-        check_writable(self.directory)
-        self.record = new_record()
+        folder = os.path.abspath(self.directory)
+        while not os.path.lexists(folder) and os.path.dirname(folder) != folder:  # deepest first
+            self.created_folders.append(folder)
+            folder = os.path.dirname(folder)
+        started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        self.record = dict(host=socket.gethostname(), pid=os.getpid(), token=self.token)
+        self.record.update(started=started, heartbeat=time.time(), command=" ".join(sys.argv))
         try:
+            os.makedirs(self.directory, exist_ok=True)
             self.take()
-        except OSError as error:
-            remove_empty_folders(self.created_folders)
+        except BaseException as error:
+            self.release()  # removes the folders made for the lock
+            if not isinstance(error, OSError):
+                raise
             raise UsageError(
-                f"--weights-dir {self.directory}: cannot take the lock {self.path} "
+                f"`weights_dir` {self.directory}: cannot take the lock {self.path} "
                 f"({error.strerror or error}); choose a folder you can write to"
             ) from None
-        except BaseException:
-            remove_empty_folders(self.created_folders)
-            raise
-        self.thread = threading.Thread(
-            target=self.beat_every_minute, name="tf-diffusion-lock", daemon=True
-        )
+        self.thread = threading.Thread(target=self.heartbeat, name=self.token, daemon=True)
         self.thread.start()
         return self
 
+    __enter__ = acquire
+
+    def __exit__(self, *exception):
+        self.release()
+
     def take(self):
-        if os.path.isdir(self.path):
-            raise UsageError(
-                f"--weights-dir {self.directory}: {self.path} is a folder, where the lock file "
-                "goes; move it away and run again"
-            )
-        for _ in range(10):  # each retry means the file changed under us: another run moved
-            if create_exclusively(self.path, self.record):
+        """Create the lock file, taking over a stale one; raise `UsageError` if it is live."""
+        for _ in range(10):  # each retry means the file changed under us: other runs moving
+            if self.create():
                 return
-            contents = read_bytes(self.path)
+            contents, holder, age = read_lock(self.path)
             if contents is None:
                 continue  # released meanwhile
-            holder, age = parse_record(contents), file_age(self.path)
             reason = self.stale_reason(holder, age)
             if reason is None:
-                raise UsageError(refusal(self.directory, self.path, holder, age))
-            if not claim(self.path, contents, self.record["token"]):
-                continue
-            self.record["took_over"] = holder or "an unreadable lock file"
-            if create_exclusively(self.path, self.record):
-                taken = f"the lock of {describe(holder)}" if holder else "an unreadable lock file"
-                warn(f"--weights-dir {self.directory}: took over {taken}: {reason}")
-                return
+                break
+            claimed = f"{self.path}.stale-{self.token}"
+            with contextlib.suppress(FileNotFoundError):  # another run renamed it first
+                os.rename(self.path, claimed)  # of the runs that found it stale, one renames it
+                moved = read_lock(claimed)[0]
+                os.remove(claimed)
+                if moved != contents:  # the new lock of the run that did: put it back
+                    self.create(moved)  # with O_EXCL, so never over yet another run's
+                elif self.create():
+                    taken = f"the lock of {describe(holder)}" if holder else "an unreadable lock"
+                    self.warn(f"`weights_dir` {self.directory}: took over {taken}: {reason}")
+                    return
+        held = f"{describe(holder)}, last heartbeat" if holder else "its lock unreadable, changed"
         raise UsageError(
-            f"--weights-dir {self.directory}: could not take {self.path}, other runs keep "
-            "taking it; start one training run at a time on a folder"
+            f"`weights_dir` {self.directory} is in use by another training run ({held} "
+            f"{format_age(age)} ago); wait for it to end or use another `weights_dir`. "
+            f"If that run is dead, delete {self.path} and run again"
         )
 
     def stale_reason(self, holder, age):
-        """Why the lock described by `holder` (None: unreadable) is stale, or None if it is live."""
-        if holder is None:
-            if age < self.stale_seconds:
-                return None
-            return f"it cannot be read and has not changed for {format_age(age)}"
-        if holder["host"] == socket.gethostname():
-            if holder["pid"] == os.getpid():
-                held = {lock.record["token"] for lock in _held.values()}
-                return None if holder["token"] in held else "it was left by this process"
-            if not process_exists(holder["pid"]):
-                return f"process {holder['pid']} is no longer running"
-            return None
-        quiet = time.time() - holder["heartbeat"]
-        if quiet > self.stale_seconds:
-            return f"its last heartbeat was {format_age(quiet)} ago"
+        """Why the lock of `holder` (None: unreadable), quiet for `age` s, is stale, or None."""
+        if holder is None or holder["host"] != socket.gethostname():
+            reason = "its last heartbeat was {} ago"
+            if holder is None:
+                reason = "it cannot be read and has not changed for {}"
+            return reason.format(format_age(age)) if age > self.stale_seconds else None
+        if holder["pid"] == os.getpid():  # live while its heartbeat thread runs
+            names = {thread.name for thread in threading.enumerate()}
+            return None if holder["token"] in names else "it was left by this process"
+        try:
+            os.kill(holder["pid"], 0)
+        except (ProcessLookupError, OverflowError):
+            return f"process {holder['pid']} is no longer running"
+        except PermissionError:  # it runs, under another user
+            pass
         return None
+
+    def create(self, contents=None):
+        """Create the lock file (O_EXCL) holding `contents`, or this run's record; False if any."""
+        try:
+            with open(self.path, "xb") as file:
+                file.write(json.dumps(self.record).encode() if contents is None else contents)
+        except FileExistsError:
+            return False
+        return True
+
+    def holds(self, path):
+        return (read_lock(path)[1] or {}).get("token") == self.token
 
     def beat(self):
         """Renew the heartbeat; raise `UsageError` if another run has taken the lock over."""
         with self.mutex:
-            if self.lost:
-                raise UsageError(self.lost)
-            holder = parse_record(read_bytes(self.path) or b"")
-            if holder is None and not os.path.exists(self.path):
-                # Deleted by hand while this run lives: put it back unless another run has.
-                if create_exclusively(self.path, self.record):
-                    return
-                holder = parse_record(read_bytes(self.path) or b"")
-            if holder is None or holder["token"] != self.record["token"]:
-                self.lost = (
-                    f"--weights-dir {self.directory}: another run has taken over {self.path} "
-                    f"({describe(holder) if holder else 'unreadable'}); this run stopped without "
-                    "saving, so as not to write over that run's files"
+            holder = read_lock(self.path)[1]
+            self.record["heartbeat"] = time.time()
+            if self.lost is None and holder is None and self.create():
+                return  # deleted by hand (or being claimed) while this run lives: put back
+            if self.lost or holder is None or holder["token"] != self.token:
+                self.lost = self.lost or (
+                    f"`weights_dir` {self.directory}: another run has taken over {self.path} "
+                    f"({describe(holder) if holder else 'unreadable'}); stopped without saving"
                 )
                 raise UsageError(self.lost)
-            self.record["heartbeat"] = time.time()
-            write_atomically(self.path, self.record)
+            write_atomically(self.path, json.dumps(self.record))
 
-    def beat_every_minute(self):
-        while not self.stopped.wait(self.heartbeat_seconds):
-            try:
+    def heartbeat(self):
+        while not self.stopped.wait(self.heartbeat_seconds) and not self.lost:
+            with contextlib.suppress(OSError, UsageError):  # a drive that hiccups: beat again
                 self.beat()
-            except UsageError:
-                return  # the next save reports it
-            except OSError:
-                pass  # a network drive that hiccups: try again in a minute
 
     def moved_aside(self, target):
         """After `--fresh` moved the folder (and this lock) to `target`: lock the new folder."""
         with self.mutex:
             os.makedirs(self.directory, exist_ok=True)
-            if not create_exclusively(self.path, self.record):
-                self.lost = refusal(self.directory, self.path, *read_holder(self.path))
-                raise UsageError(self.lost)
-            remove_if_ours(os.path.join(target, LOCK_FILENAME), self.record["token"])
+            if not self.holds(self.path):  # ours if a heartbeat wrote it in as the folder moved
+                self.take()
+            if self.holds(os.path.join(target, LOCK_FILENAME)):
+                os.remove(os.path.join(target, LOCK_FILENAME))
 
     def release(self):
-        """Stop the heartbeat and remove the lock file if it is still this run's."""
+        """Stop the heartbeat; remove the lock file if it is still this run's, and its folders."""
         self.stopped.set()
         if self.thread is not None:
             self.thread.join()
-        with self.mutex:
-            try:
-                remove_if_ours(self.path, self.record["token"])
-            except OSError as error:  # the run's own outcome matters more than this
-                warn(f"could not remove {self.path} ({error.strerror or error}); delete it")
-        remove_empty_folders(self.created_folders)
+        with contextlib.suppress(OSError):  # a lock left behind goes stale: the next run takes it
+            if self.holds(self.path):
+                os.remove(self.path)
+        for folder in self.created_folders:  # one the run wrote in stays, and so its parents
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
 
 
-@contextlib.contextmanager
-def holding_lock(directory, **options):
-    """Hold the lock on `directory` inside the block (once, if this process holds it already)."""
-    key = lock_key(directory)
-    if key in _held:
-        yield _held[key]
-        return
-    lock = RunLock(directory, **options).acquire()
-    _held[key] = lock
-    try:
-        yield lock
-    finally:
-        del _held[key]
-        lock.release()
-
-
-def training_lock(weights_dir, distribute=None, fresh=False, environ=None):
-    """The lock a training run holds on `weights_dir`: none for a worker that is not the chief.
-
-    `distribute` is the --distribute flag (None: the run's saved setting).
-    """
-    if distribute is None and not fresh:
-        distribute = saved_setting(weights_dir, "distribute")
-    if distribute == "multi-worker":
-        task = tf_config_task(os.environ if environ is None else environ)
-        if task is not None and not is_chief_task(*task):
-            return contextlib.nullcontext()
-    return holding_lock(weights_dir)
-
-
-def heartbeat(directory):
-    """Renew the lock on `directory` if this process holds it (called at each save)."""
-    lock = _held.get(lock_key(directory))
-    if lock is not None:
-        lock.beat()
-
-
-def moved_aside(directory, target):
-    """`--fresh` moved `directory` to `target`: if this process held its lock, lock it again."""
-    lock = _held.get(lock_key(directory))
-    if lock is not None:
-        lock.moved_aside(target)
+def training_lock(weights_dir, distribute=None, fresh=False, environ=None, warn=None):
+    """The `RunLock` on `weights_dir`, or no lock (None) for a multi-worker task not the chief."""
+    if distribute is None and not fresh:  # the setting saved in `weights_dir`, read unchecked
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            with open(os.path.join(weights_dir, CONFIG_FILENAME), encoding="utf-8") as file:
+                distribute = json.load(file).get("distribute")
+    task = tf_config_task(os.environ if environ is None else environ)
+    if distribute == "multi-worker" and task is not None and not is_chief_task(*task):
+        return contextlib.nullcontext()
+    return RunLock(weights_dir, warn=warn)
 
 
 def is_chief_task(task_type, task_id, job_names):
     """Whether a cluster task writes the run's files: the chief, or worker 0 if there is none."""
-    if not task_type or task_type == "chief":
-        return True
-    return task_type == "worker" and int(task_id or 0) == 0 and "chief" not in job_names
+    first_worker = task_type == "worker" and int(task_id or 0) == 0 and "chief" not in job_names
+    return not task_type or task_type == "chief" or first_worker
 
 
 def tf_config_task(environ):
-    """(type, index, job names) of this process from TF_CONFIG, or None without one."""
+    """(type, index, job names) of this process from TF_CONFIG; None if it is malformed."""
     try:
         tf_config = json.loads(environ.get("TF_CONFIG") or "{}")
         task = tf_config.get("task") or {}
@@ -232,174 +198,23 @@ def tf_config_task(environ):
         return None  # TensorFlow reports a malformed TF_CONFIG itself
 
 
-def lock_key(directory):
-    return os.path.realpath(os.path.join(directory, LOCK_FILENAME))
-
-
-def new_record():
-    now = time.time()
-    return {
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "heartbeat": now,
-        "token": uuid.uuid4().hex,
-        "command": " ".join(sys.argv),
-    }
-
-
-def parse_record(contents):
-    """The record in a lock file's bytes, or None if they are not one."""
+def read_lock(path):
+    """(bytes, record or None, s since its heartbeat or else its change) of a lock file, if any."""
     try:
-        record = json.loads(contents.decode("utf-8"))
-    except ValueError:
-        return None
-    fields = {"host": str, "pid": int, "started": str, "heartbeat": (int, float), "token": str}
-    if not isinstance(record, dict) or not all(
-        isinstance(record.get(name), kind) for name, kind in fields.items()
-    ):
-        return None
-    if isinstance(record["pid"], bool) or record["pid"] <= 0:
-        return None
-    return record
-
-
-def read_holder(path):
-    """(record or None, age in seconds) of the lock file at `path`."""
-    return parse_record(read_bytes(path) or b""), file_age(path)
+        with open(path, "rb") as file:
+            contents, age = file.read(), time.time() - os.fstat(file.fileno()).st_mtime
+    except FileNotFoundError:
+        return None, None, 0.0
+    with contextlib.suppress(ValueError, TypeError, KeyError):  # incomplete, or not a record
+        record = json.loads(contents)
+        if record["pid"] > 0 and all(isinstance(record[key], kind) for key, kind in RECORD.items()):
+            return contents, record, time.time() - record["heartbeat"]
+    return contents, None, age
 
 
 def describe(holder):
     return f"PID {holder['pid']} on {holder['host']} since {holder['started']}"
 
 
-def refusal(directory, path, holder, age):
-    if holder is None:
-        return (
-            f"--weights-dir {directory} has a lock file that cannot be read ({path}, changed "
-            f"{format_age(age)} ago): a training run may be starting there. If none is, "
-            f"delete {path} and run again"
-        )
-    quiet = max(0.0, time.time() - holder["heartbeat"])
-    return (
-        f"--weights-dir {directory} is in use by another training run ({describe(holder)}, "
-        f"last heartbeat {format_age(quiet)} ago); wait for it to end or use another "
-        f"--weights-dir. If that run is dead, delete {path} and run again"
-    )
-
-
-def warn(text):
-    print(f"warning: {printable(text)}", file=sys.stderr, flush=True)
-
-
 def format_age(seconds):
-    seconds = max(0, int(seconds))
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 7200:
-        return f"{seconds // 60} min"
-    return f"{seconds // 3600} h"
-
-
-def process_exists(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: it exists, under another user
-        return True
-    return True
-
-
-def create_exclusively(path, record):
-    """Create the lock file at `path` holding `record`; False if one exists already."""
-    try:
-        descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(descriptor, "w") as file:
-        json.dump(record, file)
-        file.flush()
-        os.fsync(file.fileno())
-    return True
-
-
-def write_atomically(path, record):
-    temporary = f"{path}.{record['token']}.tmp"
-    with open(temporary, "w") as file:
-        json.dump(record, file)
-    os.replace(temporary, path)
-
-
-def claim(path, contents, token):
-    """Move the stale lock file at `path` out of the way, if it still holds `contents`.
-
-    Renaming is atomic: of two runs that both found the same stale lock, one
-    renames it and the other finds it gone. A file that changed since it was
-    judged stale (its run beat, or another run took over) is put back.
-    """
-    claimed = f"{path}.stale-{token}"
-    try:
-        os.rename(path, claimed)
-    except FileNotFoundError:
-        return False
-    if read_bytes(claimed) == contents:
-        os.remove(claimed)  # a dead run's lock: its record goes into the new one
-        return True
-    try:
-        os.link(claimed, path)  # fails if yet another lock appeared: never overwrite one
-        os.remove(claimed)
-    except FileExistsError:
-        pass
-    except OSError:  # no hard links on this drive
-        if not os.path.exists(path):
-            os.rename(claimed, path)
-    return False
-
-
-def remove_if_ours(path, token):
-    record = parse_record(read_bytes(path) or b"")
-    if record is not None and record["token"] == token:
-        os.remove(path)
-
-
-def read_bytes(path):
-    try:
-        with open(path, "rb") as file:
-            return file.read()
-    except FileNotFoundError:
-        return None
-
-
-def file_age(path):
-    try:
-        return time.time() - os.stat(path).st_mtime
-    except FileNotFoundError:
-        return 0.0
-
-
-def missing_folders(directory):
-    """`directory` and its parents that do not exist yet, deepest first."""
-    missing = []
-    path = os.path.abspath(directory)
-    while not os.path.lexists(path) and os.path.dirname(path) != path:
-        missing.append(path)
-        path = os.path.dirname(path)
-    return missing
-
-
-def remove_empty_folders(folders):
-    for folder in folders:
-        try:
-            os.rmdir(folder)
-        except OSError:  # not empty: the run wrote something there
-            return
-
-
-def saved_setting(weights_dir, name):
-    """A setting from the run's config.json, read without checks; None if there is none."""
-    try:
-        with open(os.path.join(weights_dir, CONFIG_FILENAME), encoding="utf-8") as file:
-            return json.load(file).get(name)
-    except (OSError, ValueError, AttributeError):
-        return None
+    return f"{max(0, int(seconds))} s" if seconds < 120 else f"{int(seconds) // 60} min"
