@@ -11,8 +11,11 @@ import tensorflow as tf
 from conftest import REPOSITORY, tiny_config, tiny_flags, tiny_settings
 
 from tf_diffusion import commands
-from tf_diffusion.checkpoint import CheckpointStore, check_writable, resolve_config
+from tf_diffusion.checkpoint import CheckpointStore, resolve_config
+from tf_diffusion.cli import check_folder_path
 from tf_diffusion.config import Config, UsageError
+from tf_diffusion.files import load_config
+from tf_diffusion.lock import RunLock
 from tf_diffusion.training import Trainer
 
 
@@ -95,7 +98,7 @@ def test_resume_keeps_saved_settings_and_rejects_changed_ones(tmp_path, npz_path
         resolve_config(str(tmp_path / "run"), overrides={"width": 16, "batch_size": 8})
     message = str(error.value)
     assert "width is 8 there, 16 asked" in message and "batch_size is 4 there, 8 asked" in message
-    assert "--fresh" in message and "\n" not in message
+    assert "`fresh`" in message and "\n" not in message
     with pytest.raises(UsageError, match="recipe is 'default' there, 'classic' asked"):
         resolve_config(str(tmp_path / "run"), recipe="classic")
 
@@ -164,22 +167,22 @@ def test_unwritable_weights_dir_is_a_usage_error(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
-    with pytest.raises(UsageError, match="cannot be written"):
-        check_writable(str(locked / "run"))
+    with pytest.raises(UsageError, match="cannot take the lock .*; choose a folder you can write"):
+        RunLock(str(locked / "run")).acquire()
 
 
 def test_weights_dir_that_is_a_file_is_a_usage_error(tmp_path):
     path = tmp_path / "file"
     path.write_text("x")
     with pytest.raises(UsageError, match="is a file, not a folder"):
-        check_writable(str(path))
+        check_folder_path("weights_dir", str(path))
 
 
 def test_config_is_saved_beside_the_checkpoint(tmp_path, npz_path):
     train(tmp_path / "run", npz_path, 1)
     with open(tmp_path / "run" / "config.json") as file:
         saved = json.load(file)
-    assert Config.from_dict(saved) == Config.load(str(tmp_path / "run"))
+    assert Config.from_dict(saved) == load_config(str(tmp_path / "run"))
     assert saved["width"] == 8 and saved["data"] == npz_path
 
 

@@ -44,7 +44,7 @@ def test_tfds_failure_suggests_data(monkeypatch):
         raise ConnectionError("Failed to connect to storage.googleapis.com")
 
     monkeypatch.setattr(tfds, "load", offline)
-    with pytest.raises(UsageError, match="--data tfds: could not load CIFAR-10.*--data PATH"):
+    with pytest.raises(UsageError, match="`data` tfds: could not load CIFAR-10.*`data` PATH"):
         load_tfds_images(label=1)
 
 
@@ -64,7 +64,7 @@ def test_bad_arrays_get_one_line_errors(tmp_path, array, message):
     np.savez(path, x=array)
     with pytest.raises(UsageError, match=message) as error:
         load_images(str(path))
-    assert "\n" not in str(error.value) and "--data" in str(error.value)
+    assert "\n" not in str(error.value) and "`data`" in str(error.value)
 
 
 def test_missing_path_unknown_keys_and_non_images(tmp_path):
@@ -87,7 +87,7 @@ def test_missing_path_unknown_keys_and_non_images(tmp_path):
 
 
 def test_fewer_images_than_one_batch():
-    with pytest.raises(UsageError, match="--batch-size 32 is more than the 24 training images"):
+    with pytest.raises(UsageError, match="`batch_size` 32 is more than the 24 training images"):
         make_dataset(synthetic_images(24), 32, timesteps=16)
 
 

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import script_main, tiny_config
+from conftest import REPOSITORY, script_main, tiny_config
 
 from tf_diffusion.checkpoint import load_for_sampling
 from tf_diffusion.export import make_generator
@@ -84,6 +84,30 @@ def test_the_keras_file_loads_in_safe_mode_and_matches_the_checkpoint(tracked_ru
     expected = model([images, levels]).numpy()
     assert np.abs(expected).max() > 1e-3
     np.testing.assert_allclose(unet([images, levels]).numpy(), expected, atol=1e-5, rtol=0)
+
+
+LOAD_KERAS_FILE = """
+import sys
+import tf_diffusion  # nothing else of the package: this alone registers its layers
+import keras
+unet = keras.saving.load_model(sys.argv[1], safe_mode=True)
+print(unet.name, unet.count_params())
+"""
+
+
+def test_importing_the_package_is_enough_to_load_the_keras_file_from_another_folder(
+    exported, tmp_path
+):
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_KERAS_FILE, str(exported / "unet.keras")],
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=REPOSITORY, TF_CPP_MIN_LOG_LEVEL="3"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[0] == "residual_unet"
 
 
 def test_the_model_card_says_what_the_model_is_and_how_to_load_it(exported):

@@ -50,9 +50,9 @@ def test_sampling_levels_are_spread_from_noise_to_clean():
     edm = sampling_levels(schedule, 10, "edm")
     assert edm[0] == 0 and edm[-1] == 1000 and np.all(np.diff(edm) > 0)
     assert np.diff(edm)[-2] < np.diff(edm)[5] / 10  # small steps near the clean image
-    with pytest.raises(UsageError, match="--sampling-steps 1001 is more than the 1000"):
+    with pytest.raises(UsageError, match="`sampling_steps` 1001 is more than the 1000"):
         predict(make_model(config), config, num=1, sampling_steps=1001)
-    with pytest.raises(UsageError, match="--sampling-steps must be at least 1, got 0"):
+    with pytest.raises(UsageError, match="`sampling_steps` must be at least 1, got 0"):
         predict(make_model(config), config, num=1, sampling_steps=0)
 
 

@@ -78,7 +78,7 @@ def test_generate_ts_stays_in_range_and_is_seeded():
 
 
 def test_unknown_schedule_is_a_usage_error():
-    with pytest.raises(UsageError, match="--schedule"):
+    with pytest.raises(UsageError, match="`schedule`"):
         NoiseSchedule("quadratic", 10)
 
 
@@ -142,19 +142,19 @@ def test_options_that_do_not_fit_together_are_one_line_errors():
     from tf_diffusion.config import Config
 
     for settings, message in [
-        ({"flip": True, "noise_keys": "shared"}, "--flip draws its own random stream"),
+        ({"flip": True, "noise_keys": "shared"}, "`flip` draws its own random stream"),
         (
             {"warmup_steps": 10, "learning_rate_schedule": "rounds"},
-            "--warmup-steps comes with --lr-schedule cosine",
+            "`warmup_steps` comes with `learning_rate_schedule` cosine",
         ),
-        ({"min_snr_gamma": float("nan")}, "--min-snr-gamma must be"),
-        ({"level_std": 0.0}, "--level-std 0.0 must be"),
+        ({"min_snr_gamma": float("nan")}, "`min_snr_gamma` must be"),
+        ({"level_std": 0.0}, "`level_std` must be a positive finite number, below 100, got 0.0"),
     ]:
         with pytest.raises(UsageError, match=message):
             Config.for_recipe("default", **settings)
     with pytest.raises(
-        UsageError, match="^--sampler heun: .* pass --loss-weighting none --sampler ddim"
+        UsageError, match="^`sampler` heun: .* pass `loss_weighting` none `sampler` ddim"
     ):
         Config.for_recipe("classic", sampler="heun")
-    with pytest.raises(UsageError, match="^--loss-weighting min-snr, --sampler dpm-solver"):
+    with pytest.raises(UsageError, match="^`loss_weighting` min-snr, `sampler` dpm-solver"):
         Config.for_recipe("default", prediction="next")

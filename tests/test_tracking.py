@@ -11,6 +11,7 @@ from conftest import script_main
 
 from tf_diffusion.checkpoint import CheckpointStore, load_for_sampling
 from tf_diffusion.config import Config, UsageError
+from tf_diffusion.files import load_config
 from tf_diffusion.images import to_uint8
 from tf_diffusion.sampling import Sampler
 
@@ -42,7 +43,7 @@ def test_track_kid_logs_kid_and_fid_at_each_round_end_and_keeps_the_lowest_kid(t
     assert CheckpointStore(str(best), {}).latest_step == lowest["step"]
     assert (best / f"ckpt-{lowest['step']}.index").exists()
     assert len(glob.glob(str(best / "ckpt-*.index"))) == 1
-    assert Config.load(str(best)).track_kid == 4
+    assert load_config(str(best)).track_kid == 4
 
 
 def test_predict_best_samples_from_the_best_checkpoint(tracked_run, tmp_path, capsys):
@@ -56,7 +57,7 @@ def test_predict_best_samples_from_the_best_checkpoint(tracked_run, tmp_path, ca
 
 
 def test_track_kid_is_refused_where_only_one_worker_could_save_the_best():
-    with pytest.raises(UsageError, match="not available with --distribute multi-worker"):
+    with pytest.raises(UsageError, match="not available with `distribute` multi-worker"):
         Config(track_kid=500, distribute="multi-worker")
     Config(track_kid=500, distribute="mirrored")
 

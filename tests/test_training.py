@@ -237,7 +237,7 @@ def test_a_global_batch_that_does_not_split_over_the_replicas_is_a_one_line_erro
     with pytest.raises(UsageError) as error:
         Trainer(tiny_config(batch_size=64), ThreeReplicas())
     assert str(error.value) == (
-        "--batch-size 64 does not split evenly over the 3 replicas; "
+        "`batch_size` 64 does not split evenly over the 3 replicas; "
         "give a multiple of 3, such as 63"
     )
     check_batch_split(64, 2)

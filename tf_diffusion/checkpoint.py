@@ -18,14 +18,10 @@ import time
 
 import tensorflow as tf
 
-from tf_diffusion.config import (  # noqa: F401 (check_writable: commands and tests import it here)
-    Config,
-    UsageError,
-    check_writable,
-    load_run_config,
-    no_checkpoint_error,
-)
-from tf_diffusion.lock import LOCK_FILENAME, heartbeat, moved_aside
+from tf_diffusion import UsageError
+from tf_diffusion.config import Config
+from tf_diffusion.files import load_config, load_run_config, no_checkpoint_error, save_config
+from tf_diffusion.lock import LOCK_FILENAME
 from tf_diffusion.model import make_model
 
 CHECKPOINT_PREFIX = "ckpt"
@@ -54,21 +50,23 @@ def move_aside(directory):
     return target
 
 
-def resolve_config(directory, recipe=None, overrides=None, fresh=False):
+def resolve_config(directory, recipe=None, overrides=None, fresh=False, lock=None):
     """The config of the run in `directory`: the saved one, or a new one.
 
     `overrides` are the settings the user gave explicitly. A saved run keeps
     its settings unless overridden; overriding one that defines the
     checkpoint (the model shape, the data, the optimiser) is an error that
     names each differing setting. With `fresh`, an existing run is moved aside
-    and a new one starts. Returns `(config, resumed, moved_to)`.
+    and a new one starts, and `lock`, the folder's, is taken again on the new
+    folder. Returns `(config, resumed, moved_to)`.
     """
     overrides = {key: value for key, value in (overrides or {}).items() if value is not None}
     moved_to = None
     if fresh and os.path.isdir(directory) and set(os.listdir(directory)) - {LOCK_FILENAME}:
         moved_to = move_aside(directory)
-        moved_aside(directory, moved_to)  # the lock this run holds goes with the folder: renew it
-    saved = Config.load(directory) if has_checkpoint(directory) else None
+        if lock is not None:  # the lock went with the old folder: take it on the new one
+            lock.moved_aside(moved_to)
+    saved = load_config(directory) if has_checkpoint(directory) else None
     if saved is None:
         config = Config.for_recipe(recipe or "default", weights_dir=directory, **overrides)
         return config, False, moved_to
@@ -82,8 +80,8 @@ def resolve_config(directory, recipe=None, overrides=None, fresh=False):
             for name in differing
         )
         raise UsageError(
-            f"--weights-dir {directory} holds a run with other settings ({details}); "
-            "leave those flags out to resume, use another --weights-dir, or add --fresh "
+            f"`weights_dir` {directory} holds a run with other settings ({details}); "
+            "leave those flags out to resume, use another `weights_dir`, or add `fresh` "
             "to move the old run aside"
         )
     return config, True, moved_to
@@ -92,8 +90,11 @@ def resolve_config(directory, recipe=None, overrides=None, fresh=False):
 class CheckpointStore:
     """The numbered checkpoints of one run and its `config.json`."""
 
-    def __init__(self, directory, trackables, keep=3):
+    def __init__(self, directory, trackables, keep=3, before_save=None):
+        """`before_save()` runs first in each save: the run's lock renews its heartbeat there,
+        and stops the save if another run has taken the folder over."""
         self.directory = directory
+        self.before_save = before_save
         self.trackables = dict(trackables)
         self.checkpoint = tf.train.Checkpoint(**trackables)
         self.manager = tf.train.CheckpointManager(
@@ -142,8 +143,8 @@ class CheckpointStore:
                 reason = first_line(error)
                 if index + 1 == len(candidates):
                     raise UsageError(
-                        f"--weights-dir {self.directory}: no readable checkpoint ({name}: "
-                        f"{reason}); start anew with --fresh"
+                        f"`weights_dir` {self.directory}: no readable checkpoint ({name}: "
+                        f"{reason}); start anew with `fresh`"
                     ) from None
                 say(
                     f"warning: checkpoint {name} is unreadable ({reason}); "
@@ -158,9 +159,9 @@ class CheckpointStore:
                     status.assert_existing_objects_matched()
                 except AssertionError as error:
                     raise UsageError(
-                        f"--weights-dir {self.directory}: {name} does not fit this version's "
+                        f"`weights_dir` {self.directory}: {name} does not fit this version's "
                         f"model ({first_line(error)[:200]}); use the tf-diffusion version that "
-                        "wrote it, or start anew with --fresh"
+                        "wrote it, or start anew with `fresh`"
                     ) from None
             # What the file holds beyond this run's objects (the loss scale of a
             # mixed_float16 run resumed in float32) is left unread, silently.
@@ -190,16 +191,17 @@ class CheckpointStore:
             options = tf.train.CheckpointOptions(
                 experimental_write_callbacks=[lambda path: time.sleep(delay)]
             )
-        heartbeat(self.directory)  # and stop here if another run has taken over the folder
+        if self.before_save is not None:
+            self.before_save()
         try:
-            config.save(self.directory)
+            save_config(config, self.directory)
             path = self.manager.save(checkpoint_number=step, options=options)
         except (OSError, tf.errors.OpError) as error:
             reason = getattr(error, "strerror", None) or first_line(error)
             latest = self.manager.latest_checkpoint
             kept = os.path.basename(latest) if latest else "none"
             raise UsageError(
-                f"--weights-dir {self.directory}: saving step {step} failed ({reason}); "
+                f"`weights_dir` {self.directory}: saving step {step} failed ({reason}); "
                 f"the last good checkpoint ({kept}) is intact. Free space or fix the folder, "
                 "then run again to resume"
             ) from None

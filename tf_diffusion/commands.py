@@ -1,5 +1,6 @@
 """What `train.py` and `predict.py` do, once their arguments are parsed."""
 
+import contextlib
 import io
 import os
 import shutil
@@ -9,16 +10,13 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from tf_diffusion.checkpoint import (
-    CheckpointStore,
-    check_writable,
-    load_for_sampling,
-    resolve_config,
-)
-from tf_diffusion.config import CIFAR10_CLASS_NAMES, UsageError, best_run_directory, parse_grid
+from tf_diffusion import UsageError
+from tf_diffusion.checkpoint import CheckpointStore, load_for_sampling, resolve_config
+from tf_diffusion.config import CIFAR10_CLASS_NAMES
 from tf_diffusion.data import load_images, make_dataset
 from tf_diffusion.export import export_run
-from tf_diffusion.images import save_gif, save_grid, save_strip, temporary_path, to_uint8
+from tf_diffusion.files import best_run_directory, write_atomically
+from tf_diffusion.images import parse_grid, save_gif, save_grid, save_strip, to_uint8
 from tf_diffusion.lock import training_lock
 from tf_diffusion.sampling import Sampler
 from tf_diffusion.schedule import LevelDraw
@@ -29,68 +27,84 @@ ROUND_SAMPLES = 25
 
 
 def train(
-    weights_dir="checkpoints", recipe=None, overrides=None, fresh=False, quiet=False, stop_at=None
+    weights_dir="checkpoints",
+    recipe=None,
+    settings=None,
+    fresh=False,
+    quiet=False,
+    stop_at=None,
+    lock=None,
 ):
     """Train (or resume) the run in `weights_dir` up to its `max_steps`; return the step reached.
 
-    `stop_at` ends this session sooner, saved, without changing the run's
-    settings: its `max_steps`, and so its learning-rate schedule, stay.
+    `settings` are the ones given explicitly (the rest keep the saved run's,
+    or the recipe's). `stop_at` ends this session sooner, saved, without
+    changing the run's settings: its `max_steps`, and so its learning-rate
+    schedule, stay. `lock` is the folder's lock when the caller took it
+    (train.py does, before TensorFlow loads); without one it is taken here.
     """
-    # One run, one writer: the run holds the folder's lock from before --fresh moves anything.
-    # A worker that is not the chief holds none, and leaves moving the old run to the chief.
-    with training_lock(weights_dir, (overrides or {}).get("distribute"), fresh) as lock:
-        return train_holding_lock(
-            weights_dir, recipe, overrides, fresh and lock is not None, quiet, stop_at
+    distribute = (settings or {}).get("distribute")
+    with (
+        contextlib.nullcontext(lock) if lock else training_lock(weights_dir, distribute, fresh)
+    ) as lock:
+        # One run, one writer: the lock is held from before --fresh moves anything. A worker
+        # that is not the chief holds none, and leaves moving the old run to the chief.
+        config, resumed, moved_to = resolve_config(
+            weights_dir, recipe, settings, fresh and lock is not None, lock
         )
+        if moved_to:
+            print(f"--fresh: moved the old run to {moved_to}", flush=True)
+        images = load_images(config.data, config.label)
+        strategy = make_strategy(config.distribute)
+        say = print if is_chief(strategy) else silent
+        trainer = Trainer(config, strategy)
+        store = CheckpointStore(
+            weights_dir, trainer.trackables(), config.keep_checkpoints, lock and lock.beat
+        )
+        announce(trainer, store, config, len(images), resumed, say)
+        end_step, end_flag = config.max_steps, "--max-steps"
+        if stop_at is not None and stop_at < end_step:
+            end_step, end_flag = stop_at, "--stop-at"
+        if trainer.step >= end_step:
+            say(
+                f"Already at step {trainer.step}, which reaches {end_flag} {end_step}; "
+                f"raise {end_flag} to train more",
+                flush=True,
+            )
+            return trainer.step
+        return train_to(trainer, store, config, images, end_step, quiet, say)
 
 
-def train_holding_lock(weights_dir, recipe, overrides, fresh, quiet, stop_at=None):
-    """`train`, once this process holds the lock on `weights_dir` (or is not the chief)."""
-    # Settle the settings: the saved run's, or a new one's.
-    config, resumed, moved_to = resolve_config(weights_dir, recipe, overrides, fresh)
-    if moved_to:
-        print(f"--fresh: moved the old run to {moved_to}", flush=True)
+def silent(*arguments, **keywords):
+    """`print` for a worker that is not the chief: only the chief reports."""
 
-    # Load dataset.
-    images = load_images(config.data, config.label)
 
-    # Construct network.
-    strategy = make_strategy(config.distribute)
-    chief = is_chief(strategy)
-    say = print if chief else (lambda *arguments, **keywords: None)
-    trainer = Trainer(config, strategy)
-
-    # Resume, or start anew.
-    store = CheckpointStore(weights_dir, trainer.trackables(), config.keep_checkpoints)
+def announce(trainer, store, config, image_count, resumed, say):
+    """Restore the newest checkpoint of a resumed run; say what this run is."""
+    strategy = trainer.strategy
     if resumed:
         path = store.restore(say=say)
         say(
-            f"Resuming from step {trainer.step} ({os.path.basename(path)}) in {weights_dir}, "
-            f"{trainer.precision}",
+            f"Resuming from step {trainer.step} ({os.path.basename(path)}) in "
+            f"{config.weights_dir}, {trainer.precision}",
             flush=True,
         )
-    else:
-        say(
-            f"Starting a new '{config.recipe}' run in {weights_dir}: class {config.label} "
-            f"({CIFAR10_CLASS_NAMES[config.label]}), {len(images)} images, "
-            f"{trainer.model.count_params():,} parameters, {strategy.num_replicas_in_sync} "
-            f"replica{'s' if strategy.num_replicas_in_sync > 1 else ''}, {trainer.precision}",
-            flush=True,
-        )
-    start_step = trainer.step
-    end_step, end_flag = config.max_steps, "--max-steps"
-    if stop_at is not None and stop_at < end_step:
-        end_step, end_flag = stop_at, "--stop-at"
-    if start_step >= end_step:
-        say(
-            f"Already at step {start_step}, which reaches {end_flag} {end_step}; "
-            f"raise {end_flag} to train more",
-            flush=True,
-        )
-        return start_step
+        return
+    replicas = strategy.num_replicas_in_sync
+    say(
+        f"Starting a new '{config.recipe}' run in {config.weights_dir}: class {config.label} "
+        f"({CIFAR10_CLASS_NAMES[config.label]}), {image_count} images, "
+        f"{trainer.model.count_params():,} parameters, {replicas} "
+        f"replica{'s' if replicas > 1 else ''}, {trainer.precision}",
+        flush=True,
+    )
 
-    # Build the data pipeline from the batch the run has reached.
-    dataset = make_dataset(
+
+def train_to(trainer, store, config, images, end_step, quiet, say):
+    """Train from the restored step to `end_step`, saving on schedule, on Ctrl-C or SIGTERM,
+    and at the end; return the step reached."""
+    start_step = trainer.step
+    dataset = make_dataset(  # from the batch the run has reached
         images,
         config.batch_size,
         config.timesteps,
@@ -100,26 +114,19 @@ def train_holding_lock(weights_dir, recipe, overrides, fresh, quiet, stop_at=Non
         flip=config.flip,
     )
     if config.distribute != "none":
-        dataset = strategy.experimental_distribute_dataset(dataset)
-
-    # Prepare the outputs. Every worker of a multi-worker run takes part in
-    # each save; only the chief writes into the weights folder, the others
-    # into a scratch folder, and only the chief reports and draws samples.
-    save_dir = weights_dir if chief else tempfile.mkdtemp(prefix="tf-diffusion-worker-")
-    check_writable(save_dir)
+        dataset = trainer.strategy.experimental_distribute_dataset(dataset)
+    # Every worker of a multi-worker run takes part in each save; only the chief
+    # writes into the weights folder, the others into a scratch folder, and only
+    # the chief reports and draws samples.
+    chief = is_chief(trainer.strategy)
     if not chief:
-        store = CheckpointStore(save_dir, trainer.trackables(), config.keep_checkpoints)
+        scratch = tempfile.mkdtemp(prefix="tf-diffusion-worker-")
+        store = CheckpointStore(scratch, trainer.trackables(), config.keep_checkpoints)
     progress, on_round_end = None, None
     if chief:
-        writer = tf.summary.create_file_writer(os.path.join(weights_dir, "logs"))
+        writer = tf.summary.create_file_writer(os.path.join(config.weights_dir, "logs"))
         progress = Progress(start_step, end_step, config.batch_size, quiet, writer)
         on_round_end = round_sampler(trainer, config, progress, images)
-
-    def save_unless_saved(step):
-        if step > max(start_step, store.latest_step):
-            store.save(step, config)
-
-    # Train, saving on schedule, on Ctrl-C or SIGTERM, and at the end.
     try:
         step = fit(
             trainer,
@@ -135,9 +142,10 @@ def train_holding_lock(weights_dir, recipe, overrides, fresh, quiet, stop_at=Non
     except KeyboardInterrupt:
         if progress is not None:
             progress.close()
-        save_unless_saved(trainer.step)
+        if trainer.step > max(start_step, store.latest_step):
+            store.save(trainer.step, config)
         say(
-            f"\nInterrupted: saved step {trainer.step} in {weights_dir}; "
+            f"\nInterrupted: saved step {trainer.step} in {config.weights_dir}; "
             "run the same command to resume",
             file=sys.stderr,
             flush=True,
@@ -145,12 +153,13 @@ def train_holding_lock(weights_dir, recipe, overrides, fresh, quiet, stop_at=Non
         raise
     if progress is not None:
         progress.close()
-    save_unless_saved(step)
+    if step > max(start_step, store.latest_step):
+        store.save(step, config)
     if chief and step % config.round_steps:  # a round that just ended has its grid already
         on_round_end(step)
-    say(f"Done: step {step} saved in {weights_dir}", flush=True)
+    say(f"Done: step {step} saved in {config.weights_dir}", flush=True)
     if not chief:
-        shutil.rmtree(save_dir, ignore_errors=True)
+        shutil.rmtree(store.directory, ignore_errors=True)
     return step
 
 
@@ -265,11 +274,8 @@ def save_npz(images, path):
     buffer = io.BytesIO()
     np.savez_compressed(buffer, x=images)
     try:
-        temporary = temporary_path(path)
-        with open(temporary, "wb") as file:
-            file.write(buffer.getvalue())
-        os.replace(temporary, path)
+        write_atomically(path, buffer.getvalue())
     except OSError as error:
         raise UsageError(
-            f"--npz {path} cannot be written ({error.strerror}); choose another path"
+            f"`npz` {path} cannot be written ({error.strerror}); choose another path"
         ) from None

@@ -1,121 +1,115 @@
 """One place for every setting: the `Config` dataclass, its choices and ranges, the recipes.
 
-A `Config` is saved as `config.json` beside each checkpoint, so that resuming,
-sampling and evaluation replay the training setup exactly. Every choice and
-range is checked here, once: the command lines take their `choices` from
-`CHOICES`, and a change made at predict time goes through `Config.replace`,
-which validates it. Nothing here needs TensorFlow, so `train.py` and
-`predict.py` report plain mistakes before it loads.
+A `Config` is saved as `config.json` beside each checkpoint, so that resuming, sampling and
+evaluation replay the training setup exactly. Each setting's help is written once, in its
+field; the command lines make their flags from it (`cli.py`). Every choice and range is checked
+here, once, also for a change made at predict time (`Config.replace`). No TensorFlow here.
 """
 
-import argparse
 import dataclasses
-import json
 import math
-import os
-import sys
+
+from tf_diffusion import UsageError
 
 CIFAR10_CLASS_NAMES = (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
+    *("airplane", "automobile", "bird", "cat", "deer"),
+    *("dog", "frog", "horse", "ship", "truck"),
 )
 
 CONFIG_FILENAME = "config.json"
 BEST_FOLDER = "best"  # in the weights folder: the checkpoint with the lowest tracked KID
 IMAGE_SIZE = 32
 IMAGE_CHANNELS = 3
-WRITE_PROBE = ".write-probe"
-# predict.py's --num: 50000 is the usual FID sample; past this, run again with another --seed.
-MAX_SAMPLES = 100_000
 
 
-class UsageError(ValueError):
-    """Bad input from the user: the message is one line that says what to do."""
+def setting(default, help, flag=True, resumable=False, minimum=None, maximum=None, **options):
+    """A `Config` field and its one description (the flag's help, the README's table).
+
+    `flag=False`: no flag (a recipe sets it). `resumable`: it may change when a run resumes.
+    """
+    metadata = dict(help=help, flag=flag, resumable=resumable, minimum=minimum, maximum=maximum)
+    return dataclasses.field(default=default, metadata={**metadata, **options})
+
+
+# Past these a setting means nothing for 32x32 images, exhausts memory, or overflows int32.
+INT32 = 2**31 - 1
 
 
 @dataclasses.dataclass
 class Config:
     """Every setting of a run. The defaults are the "default" recipe."""
 
-    recipe: str = "default"  # Named set of defaults, see RECIPES
+    recipe: str = setting("default", "named set of defaults, see RECIPES", flag=False)
     # Data.
-    label: int = 1  # CIFAR-10 class to learn, 0-9
-    data: str = "tfds"  # "tfds", an .npz file or an image folder
+    label: int = setting(
+        1, "CIFAR-10 class: 0-9 or a name such as automobile", type=str, metavar="CLASS"
+    )
+    data: str = setting(
+        "tfds", "'tfds' (downloads CIFAR-10), an .npz (key x) or an image folder", resumable=True
+    )
     # Network and diffusion process.
-    architecture: str = "residual"  # U-Net kind: "classic" or "residual"
-    width: int = 32  # Channels at 32 px; the deeper levels multiply it
-    attention: bool = False  # Self-attention at 8x8 (residual U-Net)
-    time_conditioning: str = "scale-shift"  # Level into each block: "bias" or "scale-shift" (AdaGN)
-    embedding_max_frequency: float = 100.0  # Top frequency of the level embedding, in cycles
-    schedule: str = "cosine"  # How signal falls with the level: "linear" or "cosine"
-    timesteps: int = 1000  # Number of noise levels; level `timesteps` is the clean image
-    prediction: str = "velocity"  # Target: "next" level's image, "noise", "velocity", "image"
-    loss_weighting: str = "min-snr"  # Weight of each level in the MAE: "none" or "min-snr"
-    min_snr_gamma: float = 5.0  # The SNR above which "min-snr" stops weighting a level higher
-    level_distribution: str = "uniform"  # Training levels: "uniform" or "log-normal" in log sigma
-    level_mean: float = -1.2  # "log-normal": mean of log(noise / signal), as EDM's P_mean
-    level_std: float = 1.2  # "log-normal": its standard deviation, as EDM's P_std
-    noise_keys: str = "tagged"  # Random keys: "tagged" per stream, or v1's "shared" ones
-    flip: bool = False  # Mirror each training image left-right at random (needs tagged keys)
+    architecture: str = setting("residual", "U-Net kind: classic or residual", flag=False)
+    width: int = setting(
+        32, "channels at 32 px; the lower resolutions multiply it", minimum=1, maximum=1024
+    )
+    attention: bool = setting(False, "self-attention at 8x8 (residual U-Net)")
+    time_conditioning: str = setting("scale-shift", "the level into each block: bias, or AdaGN")
+    embedding_max_frequency: float = setting(100.0, "top frequency of the level embedding")
+    schedule: str = setting("cosine", "how signal falls with the level", flag=False)
+    timesteps: int = setting(1000, "noise levels", minimum=1, maximum=100_000)
+    prediction: str = setting("velocity", "what the network outputs")
+    loss_weighting: str = setting("min-snr", "weight of each level in the MAE loss")
+    min_snr_gamma: float = setting(5.0, "the SNR above which min-snr stops weighting a level up")
+    level_distribution: str = setting("uniform", "training levels: uniform, or log-normal sigma")
+    level_mean: float = setting(-1.2, "log-normal levels: mean of log(noise/signal)")
+    level_std: float = setting(1.2, "log-normal levels: its standard deviation")
+    noise_keys: str = setting("tagged", "random keys: tagged per stream, or v1's shared ones")
+    flip: bool = setting(False, "mirror training images left-right at random")
     # Optimisation.
-    batch_size: int = 8  # Global batch, split over the replicas
-    learning_rate: float = 2e-3  # Adam's peak rate (the classic: its first round's)
-    learning_rate_decay: float = 0.9  # Factor applied to the rate after each round
-    learning_rate_floor: float = 1e-6  # The rate never decays below this
-    learning_rate_schedule: str = "cosine"  # "rounds" (x decay per round) or "cosine" to max_steps
-    warmup_steps: int = 100  # Steps of linear warm-up from 0 to learning_rate
-    round_steps: int = 5000  # Steps per round: rate decay and a sample grid at each end
-    ema_decay: float = 0.999  # EMA of the weights used for sampling; 0 turns it off
-    seed: int = 0  # Seeds the initial weights, data order, levels and noise
-    max_steps: int = 50000  # Train until this many steps; a resumed run continues to it
+    batch_size: int = setting(8, "global batch, split over the replicas", minimum=1, maximum=INT32)
+    learning_rate: float = setting(2e-3, "Adam's peak learning rate")
+    learning_rate_decay: float = setting(0.9, "factor on the rate after each round (rounds)")
+    learning_rate_floor: float = setting(1e-6, "the rate never decays below this", flag=False)
+    learning_rate_schedule: str = setting(
+        "cosine", "rounds (x `learning_rate_decay` each round) or cosine (to `max_steps`)"
+    )
+    warmup_steps: int = setting(100, "linear warm-up steps of the cosine schedule", minimum=0)
+    round_steps: int = setting(5000, "steps per round: a sample grid at each end", minimum=1)
+    ema_decay: float = setting(0.999, "EMA of the weights, used for sampling; 0 is off")
+    seed: int = setting(0, "seeds the initial weights, data order, levels and noise")
+    max_steps: int = setting(
+        50000, "total steps; a resumed run continues up to it", resumable=True, minimum=0
+    )
     # Checkpoints.
-    weights_dir: str = "checkpoints"  # The run folder: checkpoints, config.json, logs, grids
-    save_every: int = 1000  # Save every N steps
-    save_every_minutes: float = 10.0  # Also save every M minutes; 0 turns it off
-    keep_checkpoints: int = 3  # Numbered checkpoints kept in the folder
+    weights_dir: str = setting("checkpoints", "the run folder", flag=False, resumable=True)
+    save_every: int = setting(1000, "save every N steps", resumable=True, minimum=1)
+    save_every_minutes: float = setting(10.0, "also save every M minutes; 0 is off", resumable=True)
+    keep_checkpoints: int = setting(3, "checkpoints kept", resumable=True, minimum=1)
     # Sampling.
-    sampling_steps: int = 15  # Denoising steps, from pure noise to the image
-    sampler: str = "dpm-solver++"  # (2M), "ddim" or "heun" (EDM; 2 evaluations a step)
-    spacing: str = "uniform"  # Levels visited: "uniform" or "edm" (rho = 7 in sigma)
+    sampling_steps: int = setting(15, "denoising steps of the sampler", resumable=True, minimum=1)
+    sampler: str = setting("dpm-solver++", "the sampler: its update rule", resumable=True)
+    spacing: str = setting("uniform", "levels the sampler visits", resumable=True)
     # Quality tracking.
-    track_kid: int = 0  # KID and FID of N samples vs N training images at each round end; 0 is off
-    inception_weights: str = "imagenet"  # InceptionV3 weights: "imagenet", a .h5 file or "random"
+    track_kid: int = setting(
+        0, "KID and FID of N samples at round ends; 0 is off", resumable=True, metavar="N"
+    )
+    inception_weights: str = setting(
+        "imagenet",
+        "InceptionV3 weights of `track_kid`: imagenet (downloads), an .h5, or random",
+        resumable=True,
+    )
     # Hardware.
-    # Keras dtype policy of training: "float32", "mixed_float16" (GPU; loss scaling),
-    # "mixed_bfloat16" (GPU, or a CPU with AVX512-BF16 or AMX), or "auto": mixed_bfloat16 on
-    # such a CPU with no GPU, else float32. Weights and sampling stay float32.
-    precision: str = "auto"
-    xla: bool = False  # Compile the training step with XLA (GPU)
-    distribute: str = "none"  # tf.distribute strategy, see CHOICES
-    scale_learning_rate: bool = False  # Multiply learning_rate by the number of replicas
-    steps_per_call: int = 1  # Training steps per compiled call
-
-    # Settings that may change when a run is resumed; every other one is part
-    # of what the checkpoint means and must stay the same.
-    RESUMABLE_CHANGES = (
-        "data",
-        "max_steps",
-        "weights_dir",
-        "save_every",
-        "save_every_minutes",
-        "keep_checkpoints",
-        "sampling_steps",
-        "sampler",
-        "spacing",
-        "track_kid",
-        "inception_weights",
-        "precision",
-        "xla",
-        "distribute",
-        "steps_per_call",
+    precision: str = setting(
+        "auto",
+        "Keras dtype policy of training (weights and sampling stay float32); auto: "
+        "mixed_bfloat16 on a CPU with AVX512-BF16 or AMX and no GPU, else float32",
+        resumable=True,
+    )
+    xla: bool = setting(False, "compile the training step with XLA (GPU)", resumable=True)
+    distribute: str = setting("none", "tf.distribute strategy", resumable=True)
+    scale_learning_rate: bool = setting(False, "multiply `learning_rate` by the replicas")
+    steps_per_call: int = setting(
+        1, "training steps per compiled call", resumable=True, minimum=1, maximum=INT32
     )
 
     def __post_init__(self):
@@ -125,27 +119,24 @@ class Config:
         """Raise `UsageError` naming the first setting that is out of range."""
         for name in CHOICES:
             check_choice(name, getattr(self, name))
-        for name in AT_LEAST_ONE:
-            check_at_least(name, getattr(self, name), 1)
-        for name, maximum in AT_MOST.items():
-            check_at_most(name, getattr(self, name), maximum)
-        check_at_least("max_steps", self.max_steps, 0)
-        check_at_least("warmup_steps", self.warmup_steps, 0)
-        check_positive("min_snr_gamma", self.min_snr_gamma)
-        check_positive("embedding_max_frequency", self.embedding_max_frequency)
-        if not 0 < self.level_std < 100 or not -100 < self.level_mean < 100:
-            raise UsageError(
-                f"--level-mean {self.level_mean} and --level-std {self.level_std} must be finite "
-                "numbers, the standard deviation positive"
-            )
+        for field in dataclasses.fields(self):
+            if field.metadata["minimum"] is not None:
+                check_at_least(field.name, getattr(self, field.name), field.metadata["minimum"])
+            if field.metadata["maximum"] is not None:
+                check_at_most(field.name, getattr(self, field.name), field.metadata["maximum"])
+        for name, (holds, what) in RANGES.items():
+            if not holds(getattr(self, name)):
+                raise UsageError(f"`{name}` must be {what}, got {getattr(self, name)}")
         if self.warmup_steps and self.learning_rate_schedule != "cosine":
-            raise UsageError("--warmup-steps comes with --lr-schedule cosine; add it or drop both")
+            raise UsageError(
+                "`warmup_steps` comes with `learning_rate_schedule` cosine; add it or drop both"
+            )
         if self.flip and self.noise_keys != "tagged":
-            raise UsageError("--flip draws its own random stream: it needs --noise-keys tagged")
+            raise UsageError("`flip` draws its own random stream: it needs `noise_keys` tagged")
         if self.prediction == "next":
             needed = {"loss_weighting": "none", "sampler": "ddim", "spacing": "uniform"}
             wrong = [
-                f"{flag(name)} {getattr(self, name)}"
+                f"`{name}` {getattr(self, name)}"
                 for name, value in needed.items()
                 if getattr(self, name) != value
             ]
@@ -153,41 +144,21 @@ class Config:
                 raise UsageError(
                     f"{', '.join(wrong)}: a model that predicts the next level (recipe "
                     f"{self.recipe!r}) takes every level in turn; pass "
-                    + " ".join(f"{flag(name)} {value}" for name, value in needed.items())
+                    + " ".join(f"`{name}` {value}" for name, value in needed.items())
                 )
-        check_seed(self.seed)
-        if not 0 <= self.save_every_minutes < math.inf:
-            raise UsageError(
-                "--save-every-minutes must be a number of minutes, 0 or more (0 turns it off), "
-                f"got {self.save_every_minutes}"
-            )
-        if not 0 < self.learning_rate < math.inf:
-            raise UsageError(f"--lr must be a positive number, got {self.learning_rate}")
-        if not 0 < self.learning_rate_decay <= 1:
-            raise UsageError(
-                f"--lr-decay must be in (0, 1] (1 keeps the rate), got {self.learning_rate_decay}"
-            )
-        if not 0 <= self.learning_rate_floor < math.inf:
-            raise UsageError(
-                f"learning_rate_floor must be a number, 0 or more, got {self.learning_rate_floor}"
-            )
-        if not 0 <= self.ema_decay < 1:
-            raise UsageError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.prediction == "next" and self.sampling_steps != self.timesteps:
             raise UsageError(
-                f"--sampling-steps {self.sampling_steps}: a model that predicts the next level "
-                f"(recipe {self.recipe!r}) must take all {self.timesteps} steps; leave the flag out"
+                f"`sampling_steps` {self.sampling_steps}: a model that predicts the next level "
+                f"(recipe {self.recipe!r}) must take all {self.timesteps} steps; leave it out"
             )
-        if self.track_kid == 1 or self.track_kid < 0:
-            raise UsageError(f"--track-kid must be 0 (off) or at least 2, got {self.track_kid}")
         if self.track_kid and self.distribute == "multi-worker":
             raise UsageError(
-                "--track-kid is not available with --distribute multi-worker (every worker would "
+                "`track_kid` is not available with `distribute` multi-worker (every worker would "
                 "have to save the best checkpoint); leave it out"
             )
         if self.sampling_steps > self.timesteps:
             raise UsageError(
-                f"--sampling-steps {self.sampling_steps} is more than the {self.timesteps} "
+                f"`sampling_steps` {self.sampling_steps} is more than the {self.timesteps} "
                 "noise levels the model was trained on; choose a smaller number"
             )
         self.label = parse_label(self.label)
@@ -220,10 +191,10 @@ class Config:
         if not isinstance(values, dict):
             raise UsageError(
                 f"{CONFIG_FILENAME} holds {type(values).__name__}, not a JSON object of settings; "
-                "restore it or start anew with --fresh"
+                "restore it or start anew with `fresh`"
             )
         values = {key: value for key, value in values.items() if key not in RETIRED_SETTINGS}
-        if isinstance(values.get("mixed_precision"), bool):  # before --precision: on or off
+        if isinstance(values.get("mixed_precision"), bool):  # before `precision`: on or off
             values["precision"] = "mixed_float16" if values.pop("mixed_precision") else "float32"
         values = {**FIRST_VERSION, **values}
         known = {field.name for field in dataclasses.fields(cls)}
@@ -231,71 +202,37 @@ class Config:
         if unknown:
             raise UsageError(
                 f"config.json has settings this version does not know ({', '.join(unknown)}); "
-                "update tf-diffusion or use another --weights-dir"
+                "update tf-diffusion or use another `weights_dir`"
             )
         for field in dataclasses.fields(cls):
             if field.name in values and not has_type(values[field.name], field.type):
                 raise UsageError(
                     f"{CONFIG_FILENAME}: {field.name} is {values[field.name]!r}, not "
-                    f"{TYPE_NAMES[field.type]}; restore it or start anew with --fresh"
+                    f"{TYPE_NAMES[field.type]}; restore it or start anew with `fresh`"
                 )
         return cls(**values)
-
-    def save(self, directory):
-        """Write config.json into `directory` atomically (a reader never sees half a file)."""
-        write_json(os.path.join(directory, CONFIG_FILENAME), self.to_dict())
-
-    @classmethod
-    def load(cls, directory):
-        """The config saved in `directory`, or None if it has none."""
-        path = os.path.join(directory, CONFIG_FILENAME)
-        try:
-            with open(path, encoding="utf-8") as file:
-                values = json.load(file)
-        except FileNotFoundError:
-            return None
-        except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
-            raise UsageError(
-                f"--weights-dir {directory}: {CONFIG_FILENAME} is not valid JSON ({error}); "
-                "restore it or start anew with --fresh"
-            ) from None
-        except OSError as error:
-            raise UsageError(
-                f"--weights-dir {directory}: {CONFIG_FILENAME} cannot be read "
-                f"({error.strerror or error}); restore it or start anew with --fresh"
-            ) from None
-        return cls.from_dict(values)
 
     def differences(self, other):
         """Names of the settings that may not change on resume and differ from `other`."""
         return [
             field.name
             for field in dataclasses.fields(self)
-            if field.name not in self.RESUMABLE_CHANGES
+            if not field.metadata["resumable"]
             and getattr(self, field.name) != getattr(other, field.name)
         ]
 
 
 # The values of the settings added after the first release that reproduce it.
 FIRST_VERSION = {
-    "time_conditioning": "bias",
-    "embedding_max_frequency": 1000.0,
-    "loss_weighting": "none",
-    "min_snr_gamma": 5.0,
-    "level_distribution": "uniform",
-    "level_mean": -1.2,
-    "level_std": 1.2,
-    "noise_keys": "shared",
-    "flip": False,
-    "learning_rate_schedule": "rounds",
-    "warmup_steps": 0,
-    "sampler": "ddim",
-    "spacing": "uniform",
-    "track_kid": 0,
+    **{"time_conditioning": "bias", "embedding_max_frequency": 1000.0, "loss_weighting": "none"},
+    **{"min_snr_gamma": 5.0, "level_distribution": "uniform", "level_mean": -1.2, "level_std": 1.2},
+    **{"noise_keys": "shared", "flip": False, "learning_rate_schedule": "rounds"},
+    **{"warmup_steps": 0, "sampler": "ddim", "spacing": "uniform", "track_kid": 0},
     "inception_weights": "imagenet",
 }
 
-# Each recipe is a set of overrides on top of the `Config` field defaults.
+# Each recipe is a set of overrides on top of the `Config` field defaults. v1 and the classic
+# spell out every setting they depend on, so that a new default never changes them.
 RECIPES = {
     # The improved recipe, the winner of bench/sweep.py: cosine schedule with
     # 1000 levels, v-prediction with min-SNR weights on the MAE, a level
@@ -308,38 +245,18 @@ RECIPES = {
     # The default recipe as it was first released, kept by name for comparisons.
     "v1": {
         **FIRST_VERSION,
-        "architecture": "residual",
-        "width": 32,
-        "attention": False,
-        "schedule": "cosine",
-        "timesteps": 1000,
-        "prediction": "noise",
-        "batch_size": 64,
-        "learning_rate": 1e-3,
-        "learning_rate_decay": 0.9,
-        "learning_rate_floor": 1e-6,
-        "round_steps": 5000,
-        "ema_decay": 0.999,
-        "sampling_steps": 50,
-        "precision": "float32",
+        **{"architecture": "residual", "width": 32, "attention": False, "schedule": "cosine"},
+        **{"timesteps": 1000, "prediction": "noise", "batch_size": 64, "learning_rate": 1e-3},
+        **{"learning_rate_decay": 0.9, "learning_rate_floor": 1e-6, "round_steps": 5000},
+        **{"ema_decay": 0.999, "sampling_steps": 50, "precision": "float32"},
     },
     # The classic "diffusion from scratch" recipe, reproduced exactly.
     "classic": {
         **FIRST_VERSION,
-        "architecture": "classic",
-        "width": 128,
-        "attention": False,
-        "schedule": "linear",
-        "timesteps": 16,
-        "prediction": "next",
-        "batch_size": 128,
-        "learning_rate": 8e-4,
-        "learning_rate_decay": 0.9,
-        "learning_rate_floor": 1e-6,
-        "round_steps": 5000,
-        "ema_decay": 0.0,
-        "sampling_steps": 16,
-        "precision": "float32",
+        **{"architecture": "classic", "width": 128, "attention": False, "schedule": "linear"},
+        **{"timesteps": 16, "prediction": "next", "batch_size": 128, "learning_rate": 8e-4},
+        **{"learning_rate_decay": 0.9, "learning_rate_floor": 1e-6, "round_steps": 5000},
+        **{"ema_decay": 0.0, "sampling_steps": 16, "precision": "float32"},
     },
 }
 
@@ -360,27 +277,22 @@ CHOICES = {
     "precision": ("auto", "float32", "mixed_float16", "mixed_bfloat16"),
 }
 
-# Upper bounds: past these a setting means nothing for 32x32 images (or exhausts memory), or
-# overflows a TensorFlow int32 shape. The seed's range is `check_seed`'s.
-AT_MOST = {
-    "width": 1024,
-    "timesteps": 100_000,
-    "batch_size": 2**31 - 1,
-    "steps_per_call": 2**31 - 1,
+# What each number that has no plain minimum must be (the command lines pass NaN and inf through).
+RANGES = {
+    "min_snr_gamma": (lambda value: 0 < value < math.inf, "positive and finite"),
+    "embedding_max_frequency": (lambda value: 0 < value < math.inf, "positive and finite"),
+    "level_mean": (lambda value: -100 < value < 100, "a finite number, from -100 to 100"),
+    "level_std": (lambda value: 0 < value < 100, "a positive finite number, below 100"),
+    "seed": (lambda value: 0 <= value < 2**32, f"from 0 to {2**32 - 1}"),
+    "save_every_minutes": (lambda value: 0 <= value < math.inf, "a number of minutes, 0 or more"),
+    "learning_rate": (lambda value: 0 < value < math.inf, "a positive number"),
+    "learning_rate_decay": (lambda value: 0 < value <= 1, "in (0, 1] (1 keeps the rate)"),
+    "learning_rate_floor": (lambda value: 0 <= value < math.inf, "0 or more"),
+    "ema_decay": (lambda value: 0 <= value < 1, "in [0, 1)"),
+    "track_kid": (lambda value: value == 0 or value >= 2, "0 (off) or at least 2"),
 }
 
 TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
-
-AT_LEAST_ONE = (
-    "width",
-    "timesteps",
-    "batch_size",
-    "round_steps",
-    "save_every",
-    "keep_checkpoints",
-    "sampling_steps",
-    "steps_per_call",
-)
 
 # Settings that older versions saved and this one no longer has, with the reason they can go.
 RETIRED_SETTINGS = {
@@ -391,53 +303,23 @@ RETIRED_SETTINGS = {
 }
 
 
-def write_json(path, values):
-    """Write `values` as JSON to `path` atomically: a temporary file, synced, then renamed."""
-    temporary = path + ".tmp"
-    with open(temporary, "w") as file:
-        json.dump(values, file, indent=2, sort_keys=True)
-        file.write("\n")
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
-
-
-def flag(name):
-    """The command-line flag of a `Config` setting."""
-    return "--" + name.replace("learning_rate", "lr").replace("_", "-")
-
-
 def check_choice(name, value):
     """Raise `UsageError` unless `value` is one of `CHOICES[name]`."""
     if value not in CHOICES[name]:
-        raise UsageError(f"{flag(name)} {value!r} is not one of: {', '.join(CHOICES[name])}")
+        raise UsageError(f"`{name}` {value!r} is not one of: {', '.join(CHOICES[name])}")
 
 
 def check_at_least(name, value, minimum):
-    """Raise `UsageError` unless `value` >= `minimum` (`name` is a setting or a flag)."""
+    """Raise `UsageError` unless the setting `name`'s `value` is `minimum` or more."""
     if not value >= minimum:
-        name = name if name.startswith("--") else flag(name)
         text = "at least 1" if minimum == 1 else f"{minimum} or more"
-        raise UsageError(f"{name} must be {text}, got {value}")
-
-
-def check_positive(name, value):
-    """Raise `UsageError` unless the setting `name` is a finite number above 0."""
-    if not 0 < value < math.inf:
-        raise UsageError(f"{flag(name)} must be positive and finite, got {value}")
+        raise UsageError(f"`{name}` must be {text}, got {value}")
 
 
 def check_at_most(name, value, maximum):
-    """Raise `UsageError` unless `value` <= `maximum` (`name` is a setting or a flag)."""
+    """Raise `UsageError` unless the setting `name`'s `value` is `maximum` or less."""
     if not value <= maximum:
-        name = name if name.startswith("--") else flag(name)
-        raise UsageError(f"{name} must be at most {maximum}, got {value}")
-
-
-def check_seed(seed):
-    """Raise `UsageError` unless `seed` is one NumPy, Keras and TensorFlow all take."""
-    if not 0 <= seed < 2**32:
-        raise UsageError(f"--seed must be from 0 to {2**32 - 1}, got {seed}")
+        raise UsageError(f"`{name}` must be at most {maximum}, got {value}")
 
 
 def has_type(value, kind):
@@ -463,240 +345,6 @@ def parse_label(value):
     if number is not None and 0 <= number < len(CIFAR10_CLASS_NAMES):
         return number
     raise UsageError(
-        f"--label {value!r} is not a CIFAR-10 class; use 0-9 or one of: "
+        f"`label` {value!r} is not a CIFAR-10 class; use 0-9 or one of: "
         + ", ".join(CIFAR10_CLASS_NAMES)
     )
-
-
-def check_data_path(data):
-    """Raise `UsageError` unless `data` is 'tfds' or an existing path."""
-    if data not in (None, "", "tfds") and not os.path.exists(data):
-        raise missing_data_error(data)
-
-
-def missing_data_error(data):
-    return UsageError(
-        f"--data {data}: no such file or folder; give an .npz file, an image folder, or 'tfds'"
-    )
-
-
-def parse_grid(text, count=None):
-    """'ROWSxCOLS' to (rows, columns); None picks a near-square layout for `count`."""
-    if text is None:
-        columns = math.ceil(math.sqrt(count))
-        return math.ceil(count / columns), columns
-    parts = str(text).lower().split("x")
-    try:
-        rows, columns = (int(part) if part.isdecimal() else 0 for part in parts)
-    except ValueError:  # not two parts, or a number too long to read
-        rows = columns = 0
-    if rows < 1 or columns < 1:
-        raise UsageError(f"--grid {text!r} is not ROWSxCOLS, for example 4x8")
-    if count is not None and max(rows, columns) > count:
-        raise UsageError(
-            f"--grid {text}: more rows or columns than the {count} images (--num); "
-            "choose a smaller grid"
-        )
-    return rows, columns
-
-
-def check_inception_weights(weights):
-    """Raise `UsageError` unless `weights` is 'imagenet', 'random' or an existing file."""
-    if weights not in (None, "imagenet", "random") and not os.path.isfile(weights):
-        raise UsageError(
-            f"--inception-weights {weights}: no such file; give 'imagenet' (downloaded once), "
-            "the path of inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5, or 'random'"
-        )
-
-
-def check_sampling_seed(seed):
-    """Raise `UsageError` unless `seed` is 0 or more and fits the exported sampler's int32."""
-    if not 0 <= seed < 2**31:
-        raise UsageError(f"--seed must be from 0 to {2**31 - 1}, got {seed}")
-
-
-def check_arguments(recipe, overrides, weights_dir="checkpoints"):
-    """Check train.py's settings without TensorFlow: ranges, the label, the paths."""
-    Config.for_recipe(recipe or "default", **overrides)
-    check_data_path(overrides.get("data"))
-    check_inception_weights(overrides.get("inception_weights"))
-    check_folder_path("--weights-dir", weights_dir)
-
-
-def check_predict_arguments(
-    weights_dir="checkpoints",
-    num=25,
-    out=None,
-    grid=None,
-    npz=None,
-    steps=False,
-    gif=None,
-    seed=0,
-    evaluate=False,
-    data=None,
-    inception_weights="imagenet",
-    best=False,
-    export=None,
-    **changes,
-):
-    """Check predict.py's arguments without TensorFlow: counts, layout, paths, the run's ranges.
-
-    `changes` are the predict-time settings (`sampling_steps`, `sampler`, `spacing`).
-    """
-    check_at_least("--num", num, 1)
-    check_at_most("--num", num, MAX_SAMPLES)
-    check_sampling_seed(seed)
-    parse_grid(grid, num)
-    if evaluate:
-        check_data_path(data)
-        check_inception_weights(inception_weights)
-    for name, path in (("--out", out), ("--npz", npz), ("--gif", gif)):
-        check_output_path(name, path)
-    if best:
-        weights_dir = best_run_directory(weights_dir)
-    load_run_config(weights_dir, **changes)
-    if export:
-        check_export_folder(export)
-
-
-def check_export_folder(directory):
-    """Raise `UsageError` if `directory` exists and is not an empty folder."""
-    if os.path.exists(directory) and (not os.path.isdir(directory) or os.listdir(directory)):
-        raise UsageError(
-            f"--export {directory} already exists and is not an empty folder; "
-            "choose a new folder (nothing is overwritten)"
-        )
-
-
-def best_run_directory(weights_dir):
-    """The folder of the best checkpoint that --track-kid keeps in `weights_dir`."""
-    best = os.path.join(weights_dir, BEST_FOLDER)
-    if os.path.isdir(weights_dir) and not os.path.isfile(os.path.join(best, CONFIG_FILENAME)):
-        raise UsageError(
-            f"--best: --weights-dir {weights_dir} has no best checkpoint; "
-            "train it with --track-kid N to keep one"
-        )
-    return best
-
-
-def check_folder_path(name, folder):
-    """Raise `UsageError` if `folder` cannot be a folder: empty, a file, or below a file."""
-    if not folder:
-        raise UsageError(f"{name} is empty; give a folder")
-    existing = nearest_existing(folder)
-    if existing == os.path.abspath(folder) and not os.path.isdir(existing):
-        raise UsageError(f"{name} {folder} is a file, not a folder; choose a folder")
-    if not os.path.isdir(existing):
-        raise UsageError(
-            f"{name} {folder} cannot be written ({existing} is a file); choose another folder"
-        )
-
-
-def check_output_path(name, path):
-    """Raise `UsageError` unless a file can be written at `path` (missing folders are made later).
-
-    Writes and removes a probe file beside it, or in the nearest folder that exists.
-    """
-    if not path:
-        return
-    if os.path.isdir(path) or not os.path.basename(path):
-        raise UsageError(f"{name} {path} is a folder; give a file name, such as samples.png")
-    folder = nearest_existing(os.path.dirname(os.path.abspath(path)))
-    if not os.path.isdir(folder):
-        raise UsageError(
-            f"{name} {path} cannot be written ({folder} is a file, not a folder); "
-            "choose another path"
-        )
-    # The same name that the file's temporary copy will have, so a name too long fails here.
-    probe = os.path.join(folder, "." + os.path.basename(path) + ".tmp")
-    try:
-        descriptor = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return
-    except OSError as error:
-        raise UsageError(
-            f"{name} {path} cannot be written ({error.strerror or error}); choose another path"
-        ) from None
-    os.close(descriptor)
-    os.remove(probe)
-
-
-def check_writable(directory, name="--weights-dir"):
-    """Create `directory` if needed and prove that files can be written in it."""
-    check_folder_path(name, directory)
-    try:
-        os.makedirs(directory, exist_ok=True)
-        probe = os.path.join(directory, WRITE_PROBE)
-        with open(probe, "w") as file:
-            file.write("ok")
-        os.remove(probe)
-    except OSError as error:
-        raise UsageError(
-            f"{name} {directory} cannot be written ({error.strerror or error}); "
-            "choose a folder you can write to"
-        ) from None
-
-
-def nearest_existing(path):
-    """`path` made absolute, or its nearest parent that exists."""
-    path = os.path.abspath(path)
-    while not os.path.lexists(path) and os.path.dirname(path) != path:
-        path = os.path.dirname(path)
-    return path
-
-
-def load_run_config(weights_dir, **changes):
-    """The config saved in `weights_dir` with predict-time `changes`, checked without TensorFlow."""
-    if weights_dir and os.path.exists(weights_dir) and not os.path.isdir(weights_dir):
-        raise UsageError(f"--weights-dir {weights_dir} is a file, not a run folder")
-    if not weights_dir or not os.path.isdir(weights_dir):
-        raise UsageError(f"--weights-dir {weights_dir}: no such folder; train first with train.py")
-    config = Config.load(weights_dir)
-    if config is None and os.path.exists(os.path.join(weights_dir, "checkpoint")):
-        raise UsageError(
-            f"--weights-dir {weights_dir} has checkpoints but no {CONFIG_FILENAME}; "
-            "it was not written by tf-diffusion"
-        )
-    if config is None:
-        raise no_checkpoint_error(weights_dir)
-    return config.replace(weights_dir=weights_dir, **changes)
-
-
-def no_checkpoint_error(weights_dir):
-    return UsageError(
-        f"--weights-dir {weights_dir} has no checkpoint; train first with "
-        f"'python train.py --weights-dir {weights_dir}'"
-    )
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse's parser, but its error message stays on one line whatever the input."""
-
-    def error(self, message):
-        self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {printable(message)}\n")
-
-
-def printable(text):
-    """`text` on one line: line breaks, control characters and undecodable bytes escaped."""
-    return "".join(
-        character if character.isprintable() else ascii(character)[1:-1] for character in text
-    )
-
-
-def error_line(error):
-    """How the scripts report a `UsageError`: one line, 'error: ...'."""
-    return f"error: {printable(str(error))}"
-
-
-def exit_with_error(error):
-    """Print `error` as one `error:` line and exit with status 2, as argparse does."""
-    print(error_line(error), file=sys.stderr, flush=True)
-    raise SystemExit(2)
-
-
-def escape_unprintable_output():
-    """Let stdout and stderr print any path (bytes that are not UTF-8 come out escaped)."""
-    for stream in (sys.stdout, sys.stderr):
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="backslashreplace")

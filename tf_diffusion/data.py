@@ -15,13 +15,9 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from tf_diffusion.config import (
-    CIFAR10_CLASS_NAMES,
-    IMAGE_CHANNELS,
-    IMAGE_SIZE,
-    UsageError,
-    missing_data_error,
-)
+from tf_diffusion import UsageError
+from tf_diffusion.config import CIFAR10_CLASS_NAMES, IMAGE_CHANNELS, IMAGE_SIZE
+from tf_diffusion.files import missing_data_error
 from tf_diffusion.schedule import LevelDraw, NoiseSchedule
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -30,7 +26,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 def load_images(data="tfds", label=1):
     """The training images of class `label` from `data`, as uint8 (N, 32, 32, 3).
 
-    The command lines check that the path exists (`config.check_data_path`)
+    The command lines check that the path exists (`files.check_data_path`)
     before TensorFlow loads; here a missing path is found when it is opened.
     """
     if data in (None, "", "tfds"):
@@ -41,7 +37,7 @@ def load_images(data="tfds", label=1):
         return load_npz_images(data, label)
     if not os.path.exists(data):
         raise missing_data_error(data)
-    raise UsageError(f"--data {data}: not an .npz file or a folder of images")
+    raise UsageError(f"`data` {data}: not an .npz file or a folder of images")
 
 
 def load_tfds_images(label, data_dir=None):
@@ -59,13 +55,13 @@ def load_tfds_images(label, data_dir=None):
         dataset = tfds.load("cifar10", split="train", as_supervised=True, data_dir=data_dir)
     except Exception as error:  # tfds raises many kinds of network and file errors
         raise UsageError(
-            f"--data tfds: could not load CIFAR-10 ({type(error).__name__}: "
+            f"`data` tfds: could not load CIFAR-10 ({type(error).__name__}: "
             f"{str(error).splitlines()[0] if str(error) else 'no message'}); "
-            "check the internet connection or pass --data PATH to an .npz file or image folder"
+            "check the internet connection or pass `data` PATH to an .npz file or image folder"
         ) from None
     dataset = dataset.filter(lambda image, image_label: image_label == label)
     images = np.stack([image for image, _ in tfds.as_numpy(dataset)])
-    return check_images(images, "--data tfds")
+    return check_images(images, "`data` tfds")
 
 
 def load_npz_images(path, label):
@@ -80,13 +76,13 @@ def load_npz_images(path, label):
                 images = archive["x_train"]
                 if len(labels) != len(images):
                     raise UsageError(
-                        f"--data {path}: x_train has {len(images)} images but y_train "
+                        f"`data` {path}: x_train has {len(images)} images but y_train "
                         f"{len(labels)} labels; they must match"
                     )
                 images = images[labels == label]
             else:
                 raise UsageError(
-                    f"--data {path}: no key 'x' or 'x_train'/'y_train' (keys: {', '.join(keys)}); "
+                    f"`data` {path}: no key 'x' or 'x_train'/'y_train' (keys: {', '.join(keys)}); "
                     "save the images under key 'x'"
                 )
     except FileNotFoundError:
@@ -94,8 +90,8 @@ def load_npz_images(path, label):
     except (OSError, ValueError) as error:
         if isinstance(error, UsageError):
             raise
-        raise UsageError(f"--data {path}: not a readable .npz file ({error})") from None
-    return check_images(images, f"--data {path}")
+        raise UsageError(f"`data` {path}: not a readable .npz file ({error})") from None
+    return check_images(images, f"`data` {path}")
 
 
 def load_folder_images(folder):
@@ -105,7 +101,7 @@ def load_folder_images(folder):
     names = sorted(name for name in os.listdir(folder) if name.lower().endswith(IMAGE_EXTENSIONS))
     if not names:
         raise UsageError(
-            f"--data {folder}: the folder has no image files ({', '.join(IMAGE_EXTENSIONS)})"
+            f"`data` {folder}: the folder has no image files ({', '.join(IMAGE_EXTENSIONS)})"
         )
     images = []
     for name in names:
@@ -118,10 +114,10 @@ def load_folder_images(folder):
                 images.append(np.asarray(image, dtype=np.uint8))
         except (UnidentifiedImageError, OSError) as error:
             raise UsageError(
-                f"--data {folder}: {name} is not a readable image ({type(error).__name__}); "
+                f"`data` {folder}: {name} is not a readable image ({type(error).__name__}); "
                 "remove it or fix it"
             ) from None
-    return check_images(np.stack(images), f"--data {folder}")
+    return check_images(np.stack(images), f"`data` {folder}")
 
 
 def check_images(images, source):
@@ -139,7 +135,7 @@ def check_images(images, source):
             f"{source}: got dtype {images.dtype}; {expected} with values 0-255 are needed"
         )
     if len(images) == 0:
-        raise UsageError(f"{source}: no images of the chosen --label")
+        raise UsageError(f"{source}: no images of the chosen `label`")
     return images
 
 
@@ -147,8 +143,8 @@ def check_batch_size(images, batch_size):
     """Raise a one-line `UsageError` if `images` cannot fill one batch."""
     if len(images) < batch_size:
         raise UsageError(
-            f"--batch-size {batch_size} is more than the {len(images)} training images; "
-            "use a smaller --batch-size or more data"
+            f"`batch_size` {batch_size} is more than the {len(images)} training images; "
+            "use a smaller `batch_size` or more data"
         )
 
 

@@ -19,8 +19,9 @@
   `timesteps`. The `serving_default` signature, for TF Serving, takes the
   same int32 inputs `num`, `seed` and `steps` and returns `{"images": uint8}`.
 * `unet.keras`: the sampling U-Net in Keras' own format. It loads with
-  `keras.saving.load_model` in safe mode once `tf_diffusion.model` is
-  imported (which registers its one custom layer, `SinusoidalEmbedding`).
+  `keras.saving.load_model` in safe mode once `tf_diffusion` is imported
+  (which registers its one custom layer, `SinusoidalEmbedding`), from any
+  folder once the package is installed (`pip install .`).
 * `README.md`: a model card, ready for the Hugging Face Hub.
 
 The folder is written under a temporary name and renamed once complete: an
@@ -36,13 +37,8 @@ import numpy as np
 import tensorflow as tf
 
 from tf_diffusion.checkpoint import load_sampling_checkpoint
-from tf_diffusion.config import (
-    CIFAR10_CLASS_NAMES,
-    IMAGE_CHANNELS,
-    IMAGE_SIZE,
-    best_run_directory,
-    check_export_folder,
-)
+from tf_diffusion.config import CIFAR10_CLASS_NAMES, IMAGE_CHANNELS, IMAGE_SIZE
+from tf_diffusion.files import best_run_directory, check_new_folder
 from tf_diffusion.sampling import SAMPLING_BATCH_SIZE, Sampler, sampling_noises
 from tf_diffusion.schedule import history_weights, sampling_levels
 from tf_diffusion.tracking import record_at
@@ -166,7 +162,7 @@ def export_run(weights_dir, directory, best=False, say=print, **changes):
     source = best_run_directory(weights_dir) if best else weights_dir
     config, model, step = load_sampling_checkpoint(source, **changes)
     directory = directory.rstrip(os.sep) or directory
-    check_export_folder(directory)
+    check_new_folder("export", directory)
     parent, name = os.path.split(os.path.abspath(directory))
     os.makedirs(parent, exist_ok=True)
     partial = tempfile.mkdtemp(prefix=f"{name}.partial-", dir=parent)
@@ -182,7 +178,7 @@ def export_run(weights_dir, directory, best=False, say=print, **changes):
         try:
             os.rename(partial, directory)  # replaces an empty folder, never a full one
         except OSError:
-            check_export_folder(directory)  # written meanwhile: say so
+            check_new_folder("export", directory)  # written meanwhile: say so
             raise
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
@@ -286,6 +282,6 @@ python predict.py --num 16 --seed 0{predict_flags}
 * `{KERAS_FILENAME}`: the U-Net alone, in Keras' format: it maps noisy
   images in [-1, 1] and their noise level (shape (N, 1), 0 = pure noise,
   {config.timesteps} = clean) to {output}. Load it with
-  `import tf_diffusion.model` (which registers its custom layer), then
-  `keras.saving.load_model("{KERAS_FILENAME}")`.
+  `import tf_diffusion` (which registers its custom layer; `pip install` the
+  tf-diffusion repository), then `keras.saving.load_model("{KERAS_FILENAME}")`.
 """

@@ -1,7 +1,7 @@
 """Pictures: sample grids and denoising strips as PNG (matplotlib), and GIFs (Pillow)."""
 
 import contextlib
-import os
+import math
 
 import matplotlib
 
@@ -9,7 +9,8 @@ matplotlib.use("Agg")  # files only; no window is ever opened
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tf_diffusion.config import UsageError, parse_grid  # noqa: E402
+from tf_diffusion import UsageError  # noqa: E402
+from tf_diffusion.files import atomic_path  # noqa: E402
 
 
 def to_uint8(images):
@@ -99,8 +100,7 @@ def save_gif(frames, levels, path, milliseconds_per_frame=120, scale=4, hold_las
         pictures.append(picture)
     durations = [milliseconds_per_frame] * len(pictures)
     durations[-1] = milliseconds_per_frame * hold_last
-    with unwritable_as_usage_error(path):
-        temporary = temporary_path(path)
+    with unwritable_as_usage_error(path), atomic_path(path) as temporary:
         pictures[0].save(
             temporary,
             format="GIF",
@@ -111,15 +111,12 @@ def save_gif(frames, levels, path, milliseconds_per_frame=120, scale=4, hold_las
             disposal=1,
             optimize=False,
         )
-        os.replace(temporary, path)
 
 
 def write_figure(figure, path):
     try:
-        with unwritable_as_usage_error(path):
-            temporary = temporary_path(path)
+        with unwritable_as_usage_error(path), atomic_path(path) as temporary:
             figure.savefig(temporary, format="png")
-            os.replace(temporary, path)
     finally:
         plt.close(figure)
 
@@ -135,7 +132,21 @@ def unwritable_as_usage_error(path):
         ) from None
 
 
-def temporary_path(path):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    return os.path.join(folder, "." + os.path.basename(path) + ".tmp")
+def parse_grid(text, count=None):
+    """'ROWSxCOLS' to (rows, columns); None picks a near-square layout for `count`."""
+    if text is None:
+        columns = math.ceil(math.sqrt(count))
+        return math.ceil(count / columns), columns
+    parts = str(text).lower().split("x")
+    try:
+        rows, columns = (int(part) if part.isdecimal() else 0 for part in parts)
+    except ValueError:  # not two parts, or a number too long to read
+        rows = columns = 0
+    if rows < 1 or columns < 1:
+        raise UsageError(f"`grid` {text!r} is not ROWSxCOLS, for example 4x8")
+    if count is not None and max(rows, columns) > count:
+        raise UsageError(
+            f"`grid` {text}: more rows or columns than the {count} images (`num`); "
+            "choose a smaller grid"
+        )
+    return rows, columns

@@ -18,7 +18,7 @@ with each other, not with papers; bench/quality.py uses the standard network.
 import numpy as np
 import tensorflow as tf
 
-from tf_diffusion.config import UsageError
+from tf_diffusion import UsageError
 
 INCEPTION_SIZE = 299
 RANDOM_WEIGHTS = "random"
@@ -42,7 +42,7 @@ class InceptionFeatures:
             )
         except Exception as error:  # a failed download or a wrong file
             raise UsageError(
-                f"--inception-weights {weights}: could not load InceptionV3 weights "
+                f"`inception_weights` {weights}: could not load InceptionV3 weights "
                 f"({type(error).__name__}); give the path of "
                 "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
             ) from None
@@ -87,7 +87,7 @@ def kernel_inception_distance(features_a, features_b, subsets=100, subset_size=1
     """
     size = min(subset_size, len(features_a), len(features_b))
     if size < 2:
-        raise UsageError("KID needs at least 2 images on each side; raise --num")
+        raise UsageError("KID needs at least 2 images on each side; raise `num`")
     if size == len(features_a) == len(features_b):
         subsets = 1
     dimension = features_a.shape[1]

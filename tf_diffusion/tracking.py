@@ -21,7 +21,8 @@ import time
 import numpy as np
 
 from tf_diffusion.checkpoint import CheckpointStore
-from tf_diffusion.config import BEST_FOLDER, write_json
+from tf_diffusion.config import BEST_FOLDER
+from tf_diffusion.files import write_json
 from tf_diffusion.metrics import QualityTracker
 
 QUALITY_FILENAME = "quality.json"
@@ -58,7 +59,7 @@ class KidTracker:
         self.best = CheckpointStore(best_dir, trainer.trackables(), keep=1)
         self.seconds = time.monotonic() - self.started
         progress.message(
-            f"--track-kid {config.track_kid}: InceptionV3 ({config.inception_weights}) and the "
+            f"`track_kid` {config.track_kid}: InceptionV3 ({config.inception_weights}) and the "
             f"features of {len(chosen)} training images took {self.seconds:.0f} s"
         )
 

@@ -2,8 +2,8 @@
 
 `Trainer.train_one` is one compiled step: it takes the network's input and
 target from `schedule.training_pair` (the images mixed with noise at their
-levels; the next, less noisy image for the classic recipe, the noise for the
-default one), takes the mean absolute error of the network's output against
+levels; the next, less noisy image for the classic recipe, the velocity for
+the default one, the noise for v1), takes the mean absolute error of the network's output against
 the target and applies one Adam step. It runs through `tf.distribute`, so the
 same code serves one device or many.
 """
@@ -18,7 +18,8 @@ import time
 import keras
 import tensorflow as tf
 
-from tf_diffusion.config import IMAGE_CHANNELS, IMAGE_SIZE, UsageError, check_choice
+from tf_diffusion import TrainingDiverged, UsageError
+from tf_diffusion.config import IMAGE_CHANNELS, IMAGE_SIZE, check_choice
 from tf_diffusion.lock import is_chief_task
 from tf_diffusion.model import call_network, make_model
 from tf_diffusion.schedule import NoiseSchedule, loss_weights, training_pair
@@ -55,13 +56,9 @@ def check_batch_split(batch_size, replicas):
     if batch_size % replicas:
         multiple = max(1, round(batch_size / replicas)) * replicas
         raise UsageError(
-            f"--batch-size {batch_size} does not split evenly over the {replicas} replicas; "
+            f"`batch_size` {batch_size} does not split evenly over the {replicas} replicas; "
             f"give a multiple of {replicas}, such as {multiple}"
         )
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
 
 
 @keras.saving.register_keras_serializable(package="tf_diffusion")
@@ -418,7 +415,8 @@ def fit(
             if not math.isfinite(loss):
                 raise TrainingDiverged(
                     f"the loss became {loss} at step {new_step}; nothing was saved after the last "
-                    "checkpoint. Lower --lr or use --precision float32, then run again to resume"
+                    "checkpoint. Lower `learning_rate` or use `precision` float32, then run again "
+                    "to resume"
                 )
             if progress is not None:
                 progress.update(new_step, loss, trainer.learning_rate)
