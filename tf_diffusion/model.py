@@ -86,10 +86,10 @@ def make_classic_model(width=128):
 
     skips = []
     x = images
-    for level in range(4):  # 32, 16, 8 and 4 pixels
+    for resolution in range(4):  # 32, 16, 8 and 4 pixels
         x = ClassicBlock(width)(x, time_features)
         skips.append(x)
-        if level < 3:
+        if resolution < 3:
             x = layers.MaxPool2D(2)(x)
 
     x = layers.Flatten()(x)
@@ -102,10 +102,10 @@ def make_classic_model(width=128):
     x = layers.Activation("relu")(x)
     x = layers.Reshape((4, 4, middle_channels))(x)
 
-    for level, skip in enumerate(reversed(skips)):
+    for resolution, skip in enumerate(reversed(skips)):
         x = layers.Concatenate()([x, skip])
         x = ClassicBlock(width)(x, time_features)
-        if level < 3:
+        if resolution < 3:
             x = layers.UpSampling2D(2)(x)
 
     outputs = layers.Conv2D(IMAGE_CHANNELS, kernel_size=1, padding="same", dtype="float32")(x)
@@ -209,7 +209,7 @@ def make_residual_model(
     """A small residual U-Net with channels `width` x (1, 2, 4, 4) from 32 to 4 pixels."""
     channels = [width * multiplier for multiplier in RESIDUAL_CHANNEL_MULTIPLIERS]
     images, level_input = model_inputs()
-    ResidualLevel = functools.partial(ResidualBlock, time_conditioning=time_conditioning)
+    Residual = functools.partial(ResidualBlock, time_conditioning=time_conditioning)
 
     time_features = SinusoidalEmbedding(width, timesteps, max_frequency)(level_input)
     time_features = layers.Dense(width * 4, activation="swish")(time_features)
@@ -217,23 +217,25 @@ def make_residual_model(
 
     x = layers.Conv2D(width, kernel_size=3, padding="same")(images)
     skips = []
-    for level, level_channels in enumerate(channels):  # 32, 16, 8 and 4 pixels
-        x = ResidualLevel(level_channels)(x, time_features)
-        if attention and level == 2:
-            x = AttentionBlock(level_channels)(x)
+    for resolution, resolution_channels in enumerate(channels):  # 32, 16, 8 and 4 pixels
+        x = Residual(resolution_channels)(x, time_features)
+        if attention and resolution == 2:
+            x = AttentionBlock(resolution_channels)(x)
         skips.append(x)
-        if level < 3:
+        if resolution < 3:
             x = layers.AveragePooling2D(2)(x)
 
-    x = ResidualLevel(channels[-1])(x, time_features)
-    x = ResidualLevel(channels[-1])(x, time_features)
+    x = Residual(channels[-1])(x, time_features)
+    x = Residual(channels[-1])(x, time_features)
 
-    for level, (level_channels, skip) in enumerate(zip(reversed(channels), reversed(skips))):
+    for resolution, (resolution_channels, skip) in enumerate(
+        zip(reversed(channels), reversed(skips))
+    ):
         x = layers.Concatenate()([x, skip])
-        x = ResidualLevel(level_channels)(x, time_features)
-        if attention and level == 1:
-            x = AttentionBlock(level_channels)(x)
-        if level < 3:
+        x = Residual(resolution_channels)(x, time_features)
+        if attention and resolution == 1:
+            x = AttentionBlock(resolution_channels)(x)
+        if resolution < 3:
             x = layers.UpSampling2D(2, interpolation="nearest")(x)
 
     x = layers.GroupNormalization(groups=group_count(width))(x)

@@ -2,12 +2,14 @@
 
 The loop visits `config.sampling_steps + 1` levels from 0 (noise) to the
 clean image and takes one step of the run's sampler between each two
-(`schedule.SAMPLER_STEPS`):
+(`schedule.SAMPLERS`):
 
 * a model that predicts the next level (the classic recipe) is applied once
   per level, from level 0 to `timesteps`;
-* a model that predicts the noise is stepped deterministically (DDIM, eta 0)
-  over evenly spaced levels. Fewer steps are faster and a little less sharp.
+* any other model (the default predicts the velocity) is stepped
+  deterministically by `config.sampler`: DPM-Solver++(2M) by default, DDIM
+  (eta 0) or Heun, over `uniform` or `edm`-spaced levels. Fewer steps are
+  faster and a little less sharp.
 
 The whole denoising loop is one `tf.function` over a batch, with no
 per-step Python or `model.predict` overhead; a large `num` runs in batches.
@@ -118,7 +120,7 @@ class Sampler:
 
     def sample(self, num, seed=0, batch_size=SAMPLING_BATCH_SIZE, keep_frames=False):
         """`num` images in [-1, 1], and with `keep_frames` every level's images too."""
-        check_at_least("--num", num, 1)
+        check_at_least("num", num, 1)
         results, all_frames = [], []
         for start in range(0, num, batch_size):
             noises = sampling_noises(seed, start, min(batch_size, num - start))

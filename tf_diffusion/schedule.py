@@ -11,9 +11,10 @@ noisy than level `t`. An image at level `t` is
 * Training (`draw_levels_and_noises`, `training_pair`): each example gets a
   random level and gaussian noise; the network sees the noisy image and its
   level, and is trained to output the next level's image ("next", the
-  classic recipe) or the noise ("noise").
-* Sampling (`sampling_levels`, `SAMPLER_STEPS`): from pure noise at level 0,
-  one step per visited level up to the clean image.
+  classic recipe), the noise ("noise", v1), the velocity ("velocity", the
+  default) or the clean image ("image").
+* Sampling (`sampling_levels`, `SAMPLERS`): from pure noise at level 0,
+  one step of the sampler per visited level up to the clean image.
 
 Everything is written in TensorFlow ops, so that it runs inside the compiled
 training step, the data pipeline and the sampler.
