@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -125,7 +126,7 @@ def test_a_stale_lock_is_taken_over_with_a_one_line_warning(tmp_path, capsys, ch
 
 @pytest.mark.parametrize(
     "changes",
-    [{"host": "elsewhere", "age": 60}, "garbled"],
+    [{"host": "elsewhere", "age": 5}, "garbled"],
     ids=["other-host-beating", "unreadable-but-new"],
 )
 def test_a_lock_that_may_be_live_is_not_taken(tmp_path, changes):
@@ -305,6 +306,43 @@ def test_the_lock_of_a_killed_run_is_taken_over_with_a_warning(tmp_path, npz_pat
     assert f"process {killed.pid} is no longer running" in warnings[0]
     assert "Done: step 1" in again.stdout
     assert not (run / LOCK_FILENAME).exists()
+
+
+def test_a_lock_from_another_host_is_taken_over_at_90_s_and_refused_at_5_s(tmp_path, npz_path):
+    """A Colab VM that reconnects is a new host: the lock of the one that vanished, quiet
+    for a minute and a half, goes at once; one that beat 5 s ago may be a live run."""
+    run = tmp_path / "run"
+    write_lock(run, host="vanished-colab-vm", age=90)
+    taken = subprocess.run(
+        train_command(run, npz_path, "--max-steps=1"),
+        capture_output=True,
+        text=True,
+        env=ENVIRONMENT,
+        timeout=300,
+    )
+    assert taken.returncode == 0, taken.stderr
+    warnings = [line for line in taken.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "on vanished-colab-vm" in warnings[0]
+    assert "its last heartbeat was 90 s ago" in warnings[0]
+
+    write_lock(run, host="live-colab-vm", age=5)
+    refused = subprocess.run(
+        train_command(run, npz_path, "--max-steps=2"),
+        capture_output=True,
+        text=True,
+        env=ENVIRONMENT,
+        timeout=300,
+    )
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.count("\n") == 1 and refused.stderr.startswith("error: --weights-dir")
+    assert "on live-colab-vm" in refused.stderr
+    waited = int(re.search(r"last heartbeat (\d+) s ago", refused.stderr)[1])
+    assert 5 <= waited < 30  # the time train.py takes to start, under load
+    advice = re.search(
+        r"If that run is dead, run again in (\d+) s, or delete (\S+) now$", refused.stderr
+    )
+    assert advice and advice[2] == str(run / LOCK_FILENAME)
+    assert 60 - waited <= int(advice[1]) <= 61 - waited  # once it is stale (60 s, whole seconds)
 
 
 def test_fresh_moves_the_old_run_aside_and_the_lock_stays_with_the_folder(tmp_path):

@@ -1,11 +1,10 @@
 """One writer per run folder: the lock a training run holds on its weights folder.
 
-Before it writes anything there, a run creates `train.lock` with O_EXCL, removed however it
-ends: JSON of its host, PID, start, command, token and heartbeat (Unix seconds, renewed every
-`HEARTBEAT_SECONDS` and at each save). Another run is refused in one line unless the lock is
-stale (same host: its process is gone; other host: no heartbeat for `STALE_SECONDS`; unreadable:
-unchanged as long): then it is renamed away, so only one run takes it over, with a warning. A
-run finding another's token in its lock stops without saving; `--fresh` relocks the new folder.
+A run creates `train.lock` (O_EXCL) before it writes there, and removes it however it ends: JSON
+of its host, PID, start, command, token and heartbeat (Unix seconds, every `HEARTBEAT_SECONDS`
+and at each save). Another run is refused in one line unless the lock is stale (this host: its
+process is gone; another host, or unreadable: quiet for `STALE_SECONDS`), when it is renamed
+away, so one run alone takes it over, with a warning. A run that finds another's token stops.
 """
 
 import contextlib
@@ -22,8 +21,8 @@ from tf_diffusion.config import CONFIG_FILENAME
 from tf_diffusion.files import write_atomically
 
 LOCK_FILENAME = "train.lock"
-HEARTBEAT_SECONDS = 60.0
-STALE_SECONDS = 300.0  # a lock from another host with no heartbeat for this long is a dead run's
+HEARTBEAT_SECONDS = 15.0  # so that a reconnected Colab VM (a new host) resumes within a minute:
+STALE_SECONDS = 60.0  # a lock from another host with no heartbeat for this long is a dead run's
 RECORD = dict(host=str, pid=int, started=str, heartbeat=(int, float), token=str)  # as read
 
 
@@ -92,19 +91,21 @@ class RunLock:
                     self.warn(f"`weights_dir` {self.directory}: took over {taken}: {reason}")
                     return
         held = f"{describe(holder)}, last heartbeat" if holder else "its lock unreadable, changed"
+        dead = f"delete {self.path}"  # or, for another host's lock, wait until it is stale:
+        if holder is None or holder["host"] != socket.gethostname():
+            dead = f"run again in {format_age(self.stale_seconds - age + 1)}, or {dead} now"
         raise UsageError(
             f"`weights_dir` {self.directory} is in use by another training run ({held} "
             f"{format_age(age)} ago); wait for it to end or use another `weights_dir`. "
-            f"If that run is dead, delete {self.path} and run again"
+            f"If that run is dead, {dead}"
         )
 
     def stale_reason(self, holder, age):
         """Why the lock of `holder` (None: unreadable), quiet for `age` s, is stale, or None."""
         if holder is None or holder["host"] != socket.gethostname():
-            reason = "its last heartbeat was {} ago"
-            if holder is None:
-                reason = "it cannot be read and has not changed for {}"
-            return reason.format(format_age(age)) if age > self.stale_seconds else None
+            quiet = f"its last heartbeat was {format_age(age)} ago"
+            unread = f"it cannot be read and has not changed for {format_age(age)}"
+            return None if age <= self.stale_seconds else quiet if holder else unread
         if holder["pid"] == os.getpid():  # live while its heartbeat thread runs
             names = {thread.name for thread in threading.enumerate()}
             return None if holder["token"] in names else "it was left by this process"
@@ -113,8 +114,7 @@ class RunLock:
         except (ProcessLookupError, OverflowError):
             return f"process {holder['pid']} is no longer running"
         except PermissionError:  # it runs, under another user
-            pass
-        return None
+            return None
 
     def create(self, contents=None):
         """Create the lock file (O_EXCL) holding `contents`, or this run's record; False if any."""
