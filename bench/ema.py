@@ -7,9 +7,10 @@ From the newest checkpoint of a run: the EMA weights it samples with, the raw
 trained weights, and the mean of the EMA weights of its oldest and newest kept
 checkpoints (a longer average than the EMA). Each samples `--num` images from
 the same noise with the run's sampler (or `--sampler`, `--sampling-steps`),
-and the standard FID Inception network (`../shared/tools/quality.py`) scores
-them against the images trained on (train-split.npz beside the run if
-bench/quality.py left one, else the 5000 automobiles).
+and `bench/fid.py` (FID and KID on the standard FID Inception network, run
+with --fid-python or $FID_PYTHON) scores them against the images trained on
+(train-split.npz beside the run if bench/quality.py left one, else the run's
+--data and --label).
 """
 
 import argparse
@@ -29,17 +30,18 @@ def parse_arguments():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sampler", help="default: the run's")
     parser.add_argument("--sampling-steps", type=int, help="default: the run's")
-    parser.add_argument("--reference", help="the images trained on (.npz)")
+    parser.add_argument(
+        "--reference",
+        help="the images trained on (.npz); default: train-split.npz beside the run if there "
+        "is one, else the run's --data and --label, written to OUT_DIR/reference.npz",
+    )
     parser.add_argument("--out-dir", help="default: WEIGHTS_DIR-ema")
-    quality.add_quality_python(parser)
+    quality.add_fid_python(parser)
     arguments = parser.parse_args()
     if not os.path.isdir(arguments.weights_dir):
         parser.error(f"--weights-dir: {arguments.weights_dir} is not a folder; pass a run folder")
-    if not arguments.quality_python:
-        parser.error("--quality-python (or $QUALITY_PYTHON) is needed to score the samples")
-    if arguments.reference is None:
-        beside = quality.beside_run(arguments.weights_dir, "train-split.npz")
-        arguments.reference = beside or quality.DEFAULT_DATA
+    if not arguments.fid_python:
+        parser.error("--fid-python (or $FID_PYTHON) is needed to score the samples")
     arguments.out_dir = arguments.out_dir or arguments.weights_dir.rstrip("/") + "-ema"
     return arguments
 
@@ -72,6 +74,8 @@ def main():
     arguments = parse_arguments()
     os.makedirs(arguments.out_dir, exist_ok=True)
     log = os.path.join(arguments.out_dir, "log.txt")
+    if arguments.reference is None:
+        arguments.reference = quality.trained_images(arguments.weights_dir, arguments.out_dir)
     from tf_diffusion.commands import save_npz
     from tf_diffusion.images import to_uint8
     from tf_diffusion.sampling import predict
@@ -89,7 +93,7 @@ def main():
         npz = os.path.join(arguments.out_dir, f"{name}.npz")
         save_npz(to_uint8(predict(model, config, arguments.num, arguments.seed)), npz)
         scores = quality.score(npz, arguments, log, reference=arguments.reference)
-        kid = quality.number(scores, "kid_mean")
+        kid = quality.number(scores, "kid")
         print(
             f"| {description} | {quality.show(quality.number(scores, 'fid'), '{:.1f}')} | "
             f"{quality.show(None if kid is None else 1e3 * kid, '{:.1f}')} |",

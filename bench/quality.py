@@ -3,16 +3,20 @@
 
     python bench/quality.py --cpu-minutes 64 --num 1000
 
-Each recipe is trained by `train.py` in its own process on the same data with
-the same seed, until that process has used `--cpu-minutes` of CPU time (user +
-system, all threads; so other work on the machine does not change a recipe's
-share), then stopped with Ctrl-C (SIGINT), which saves. Each run then samples
-`--num` images with `predict.py`, and the standard FID Inception network
-(`../shared/tools/quality.py`, run with the Python given by --quality-python
-or $QUALITY_PYTHON) scores them against the images it trained on and against
-a validation split that no recipe trains on (the last `--validation-size`).
-One table comes out, with the exact commands, the `tf.matmul` peak measured in
-the same run and each recipe's training GFLOP/s.
+The images of one class (`--data`: CIFAR-10 through tensorflow-datasets by
+default, or an .npz or image folder; `--label`) are split once into
+OUT_DIR/train-split.npz and OUT_DIR/validation-split.npz, the last
+`--validation-size` images, which no recipe trains on. Each recipe is trained
+by `train.py` in its own process on the training split with the same seed,
+until that process has used `--cpu-minutes` of CPU time (user + system, all
+threads; so other work on the machine does not change a recipe's share), then
+stopped with Ctrl-C (SIGINT), which saves. Each run then samples `--num`
+images with `predict.py`, and `bench/fid.py` (FID and KID on the standard FID
+Inception network, run with the Python given by --fid-python or $FID_PYTHON:
+a venv with requirements-fid.txt) scores them against the training split and
+against the validation split. One table comes out, with the exact commands,
+the `tf.matmul` peak measured in the same run and each recipe's training
+GFLOP/s.
 """
 
 import argparse
@@ -32,17 +36,32 @@ import psutil
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPOSITORY = os.path.dirname(BENCH)
 sys.path[:0] = [REPOSITORY, BENCH]
-DEFAULT_DATA = os.path.join(REPOSITORY, "..", "shared", "data", "cifar10_automobile_train.npz")
-QUALITY_TOOL = os.path.join(REPOSITORY, "..", "shared", "tools", "quality.py")
+FID_TOOL = os.path.join(BENCH, "fid.py")
 VALIDATION_SIZE = 500
 
 
-def add_quality_python(parser):
-    """The option that names the Python which runs ../shared/tools/quality.py."""
+def add_fid_python(parser):
+    """The option that names the Python which runs bench/fid.py."""
     parser.add_argument(
-        "--quality-python",
-        default=os.environ.get("QUALITY_PYTHON"),
-        help="Python of the venv where ../shared/tools/quality.py's needs are installed",
+        "--fid-python",
+        default=os.environ.get("FID_PYTHON"),
+        help="Python of the venv with requirements-fid.txt installed, which runs bench/fid.py "
+        "(default $FID_PYTHON)",
+    )
+
+
+def add_data_arguments(parser):
+    """--data and --label, as train.py takes them."""
+    parser.add_argument(
+        "--data",
+        default="tfds",
+        help="tfds (CIFAR-10 through tensorflow-datasets, downloaded the first time), "
+        "an .npz file (key x) or a folder of images",
+    )
+    parser.add_argument(
+        "--label",
+        default="automobile",
+        help="the CIFAR-10 class to take from --data tfds, 0-9 or a name (default automobile)",
     )
 
 
@@ -51,6 +70,28 @@ def beside_run(weights_dir, file_name):
     train-split.npz and validation-split.npz), or None if it is not there."""
     path = os.path.join(os.path.dirname(weights_dir.rstrip("/")), file_name)
     return path if os.path.exists(path) else None
+
+
+def trained_images(weights_dir, out_dir):
+    """An .npz of the images the run in `weights_dir` trained on: train-split.npz beside it if
+    there is one (bench/quality.py writes it), else the data and label of its config.json,
+    written to `out_dir`/reference.npz."""
+    beside = beside_run(weights_dir, "train-split.npz")
+    if beside:
+        return beside
+    with open(os.path.join(weights_dir, "config.json")) as file:
+        config = json.load(file)
+    reference = os.path.join(out_dir, "reference.npz")
+    if not os.path.exists(reference):
+        from tf_diffusion.cli import error_line
+        from tf_diffusion.data import load_images
+
+        try:
+            images = load_images(config["data"], config["label"])
+        except ValueError as error:
+            sys.exit(f"{error_line(error)} (the run's data; pass --reference PATH.npz instead)")
+        np.savez(reference, x=images)
+    return reference
 
 
 def parse_arguments():
@@ -87,7 +128,7 @@ def parse_arguments():
         default="10,25,50",
         help="sampling steps to evaluate for recipes that choose them",
     )
-    parser.add_argument("--data", default=DEFAULT_DATA)
+    add_data_arguments(parser)
     parser.add_argument(
         "--validation-size",
         type=int,
@@ -96,7 +137,7 @@ def parse_arguments():
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", default=os.path.join(REPOSITORY, "runs", "quality"))
-    add_quality_python(parser)
+    add_fid_python(parser)
     parser.add_argument(
         "--skip-training", action="store_true", help="evaluate the runs already in --out-dir"
     )
@@ -117,17 +158,25 @@ def parse_arguments():
     return arguments
 
 
-def split_data(path, out_dir, validation_size=VALIDATION_SIZE):
-    """Write the training split (all but the last `validation_size`) and the validation split."""
+def split_data(data, label, out_dir, validation_size=VALIDATION_SIZE):
+    """Write the training split (all but the last `validation_size` images of `data`) and the
+    validation split, unless they are there; their paths (the second None for size 0)."""
+    from tf_diffusion.cli import error_line
+    from tf_diffusion.config import parse_label
+    from tf_diffusion.data import load_images
+
     train_path = os.path.join(out_dir, "train-split.npz")
-    validation_path = os.path.join(out_dir, "validation-split.npz")
-    if not os.path.exists(validation_path):
-        with np.load(path) as archive:
-            images = archive["x"]
-        if not 0 < validation_size < len(images):
-            sys.exit(f"error: --validation-size {validation_size} leaves no images in {path}")
-        np.savez(train_path, x=images[:-validation_size])
-        np.savez(validation_path, x=images[-validation_size:])
+    validation_path = os.path.join(out_dir, "validation-split.npz") if validation_size else None
+    if not all(os.path.exists(path) for path in (train_path, validation_path) if path):
+        try:
+            images = load_images(data, parse_label(label))
+        except ValueError as error:  # the data's one-line message
+            sys.exit(error_line(error))
+        if not 0 <= validation_size < len(images):
+            sys.exit(f"error: --validation-size {validation_size} leaves no images in {data}")
+        np.savez(train_path, x=images[: len(images) - validation_size])
+        if validation_path:
+            np.savez(validation_path, x=images[-validation_size:])
     return train_path, validation_path
 
 
@@ -255,22 +304,13 @@ def sample(weights_dir, out_prefix, arguments, sampling_steps, log, flags=()):
     return time.monotonic() - start, " ".join(shlex.quote(part) for part in command)
 
 
-def score(npz, arguments, log, reference=None, tag=""):
-    """FID and KID of the images in `npz` against `reference` (default: the 5000 automobiles)."""
-    if not arguments.quality_python:
+def score(npz, arguments, log, reference, tag=""):
+    """bench/fid.py's results (keys fid, kid, ...) for the images in `npz` against the .npz
+    `reference`; {} without --fid-python."""
+    if not arguments.fid_python:
         return {}
-    report = npz[:-4] + (f"-{tag}" if tag else "") + "-quality.json"
-    command = [
-        arguments.quality_python,
-        QUALITY_TOOL,
-        npz,
-        *([reference] if reference else []),
-        "--metrics",
-        "fid,kid",
-        "--json",
-        report,
-        "--quiet",
-    ]
+    report = npz[:-4] + (f"-{tag}" if tag else "") + "-fid.json"
+    command = [arguments.fid_python, FID_TOOL, npz, reference, "--json", report]
     with open(log, "a") as output:
         subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, check=True)
     with open(report) as file:
@@ -332,11 +372,9 @@ def main():
     arguments = parse_arguments()
     os.makedirs(arguments.out_dir, exist_ok=True)
     log = os.path.join(arguments.out_dir, "log.txt")
-    train_data, validation_data = arguments.data, None
-    if arguments.validation_size:
-        train_data, validation_data = split_data(
-            arguments.data, arguments.out_dir, arguments.validation_size
-        )
+    train_data, validation_data = split_data(
+        arguments.data, arguments.label, arguments.out_dir, arguments.validation_size
+    )
     import tensorflow as tf
     from speed import matmul_peak
 
@@ -378,9 +416,9 @@ def main():
                     "sampling_steps": sampling_steps or config["timesteps"],
                     "sample_seconds": sample_seconds,
                     "fid": number(results, "fid"),
-                    "kid": number(results, "kid_mean"),
+                    "kid": number(results, "kid"),
                     "fid_validation": number(on_validation, "fid"),
-                    "kid_validation": number(on_validation, "kid_mean"),
+                    "kid_validation": number(on_validation, "kid"),
                     "train_command": train_command,
                     "sample_command": sample_command,
                 }

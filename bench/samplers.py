@@ -8,11 +8,11 @@
 Each sampler samples `--num` images with `predict.py` from the same seed at
 about each number of network evaluations per image: DDIM and DPM-Solver++(2M)
 take one per step, Heun two per step and one on the last, so it gets the most
-steps that fit. The standard FID Inception network
-(`../shared/tools/quality.py`) scores them against the images trained on and,
-where bench/quality.py left one beside the run, the validation split. The last
-column is each FID over 50-step DDIM's from the same weights, the reference
-that the issue's "15 evaluations as good as 50" is judged against.
+steps that fit. `bench/fid.py` (FID and KID on the standard FID Inception
+network, run with --fid-python or $FID_PYTHON) scores them against the images
+trained on and, where bench/quality.py left one beside the run, the validation
+split. The last column is each FID over 50-step DDIM's from the same weights,
+the reference that the issue's "15 evaluations as good as 50" is judged against.
 """
 
 import argparse
@@ -46,14 +46,15 @@ def parse_arguments():
     parser.add_argument(
         "--reference",
         help="the images trained on (.npz); default: train-split.npz beside the run if there "
-        "is one (bench/quality.py writes it), else the 5000 automobiles",
+        "is one (bench/quality.py writes it), else the run's --data and --label, written to "
+        "OUT_DIR/reference.npz",
     )
     parser.add_argument(
         "--validation",
         help="validation images (.npz); default: validation-split.npz beside the run, if any",
     )
     parser.add_argument("--out-dir", help="default: WEIGHTS_DIR-samplers")
-    quality.add_quality_python(parser)
+    quality.add_fid_python(parser)
     arguments = parser.parse_args()
     if not os.path.isdir(arguments.weights_dir):
         parser.error(f"--weights-dir: {arguments.weights_dir} is not a folder; pass a run folder")
@@ -67,11 +68,8 @@ def parse_arguments():
     if any(len(pair) != 2 for pair in pairs):
         parser.error(f"--samplers: {arguments.samplers!r} is not a comma list of SAMPLER:SPACING")
     arguments.samplers = [tuple(pair) for pair in pairs]
-    if not arguments.quality_python:
-        parser.error("--quality-python (or $QUALITY_PYTHON) is needed to score the samples")
-    if arguments.reference is None:
-        beside = quality.beside_run(arguments.weights_dir, "train-split.npz")
-        arguments.reference = beside or quality.DEFAULT_DATA
+    if not arguments.fid_python:
+        parser.error("--fid-python (or $FID_PYTHON) is needed to score the samples")
     if arguments.validation is None:
         arguments.validation = quality.beside_run(arguments.weights_dir, "validation-split.npz")
     arguments.out_dir = arguments.out_dir or arguments.weights_dir.rstrip("/") + "-samplers"
@@ -88,6 +86,8 @@ def main():
     arguments = parse_arguments()
     os.makedirs(arguments.out_dir, exist_ok=True)
     log = os.path.join(arguments.out_dir, "log.txt")
+    if arguments.reference is None:
+        arguments.reference = quality.trained_images(arguments.weights_dir, arguments.out_dir)
     settings = {
         (sampler, spacing, steps_for(sampler, evaluations))
         for sampler, spacing in arguments.samplers
@@ -112,7 +112,7 @@ def main():
                 "evaluations": network_evaluations(sampler, steps),
                 "sample_seconds": seconds,
                 "fid": quality.number(on_train, "fid"),
-                "kid": quality.number(on_train, "kid_mean"),
+                "kid": quality.number(on_train, "kid"),
                 "fid_validation": quality.number(on_validation, "fid"),
                 "command": command,
             }

@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
 """Train many variants of the recipe on a short CPU budget each, and rank them by FID.
 
-    python bench/sweep.py --cpu-minutes 8 --quality-python VENV/bin/python
+    python bench/sweep.py --cpu-minutes 8 --fid-python fidvenv/bin/python
     python bench/sweep.py --variants v1,velocity --cpu-minutes 8 ...
 
-The 5000 real automobiles are split once: training sees the first 4500, and
-the last 500 are a validation split that no variant ever trains on. Each
+The real images of one class (`--data`, `--label`: by default CIFAR-10's 5000
+training automobiles, through tensorflow-datasets) are split once: training
+sees all but the last 500, and the last 500 are a validation split that no
+variant ever trains on. Each
 variant is `train.py` with its flags, stopped with SIGINT when its process
 has used `--cpu-minutes` of CPU time (as in bench/quality.py). It then
-samples `--num` images with `predict.py` at `--sampling-steps`, and the
-standard FID Inception network (`../shared/tools/quality.py`) scores them
-against the 4500 training images and against the 500 validation images.
+samples `--num` images with `predict.py` at `--sampling-steps`, and
+`bench/fid.py` (FID and KID on the standard FID Inception network, run with
+--fid-python or $FID_PYTHON) scores them against the training images (4500
+of the automobiles) and against the 500 validation images.
 
 FID against the training images rewards copying; a variant that gains there
 but not on the validation split has learned the training set, not the class.
@@ -101,7 +104,7 @@ def parse_arguments():
     parser.add_argument("--cpu-minutes", type=float, default=8.0, help="training budget each")
     parser.add_argument("--num", type=int, default=1000, help="samples per evaluation")
     parser.add_argument("--sampling-steps", type=int, default=25)
-    parser.add_argument("--data", default=quality.DEFAULT_DATA)
+    quality.add_data_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--budget-steps",
@@ -109,13 +112,13 @@ def parse_arguments():
         help="the steps a schedule decays to (default: those v1 reached in this sweep)",
     )
     parser.add_argument("--out-dir", default=os.path.join(REPOSITORY, "runs", "sweep"))
-    quality.add_quality_python(parser)
+    quality.add_fid_python(parser)
     arguments = parser.parse_args()
     unknown = [name for name in arguments.variants.split(",") if name not in VARIANTS]
     if unknown:
         parser.error(f"--variants: unknown {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
-    if not arguments.quality_python:
-        parser.error("--quality-python (or $QUALITY_PYTHON) is needed to score the samples")
+    if not arguments.fid_python:
+        parser.error("--fid-python (or $FID_PYTHON) is needed to score the samples")
     return arguments
 
 
@@ -129,7 +132,7 @@ def main():
         with open(record) as file:
             rows = json.load(file)["rows"]
     train_path, validation_path = quality.split_data(
-        arguments.data, arguments.out_dir, VALIDATION_SIZE
+        arguments.data, arguments.label, arguments.out_dir, VALIDATION_SIZE
     )
     import tensorflow as tf
     from speed import matmul_peak
@@ -174,9 +177,9 @@ def main():
                 "gflops": quality.training_gflops(weights_dir, steps * batch, cpu_seconds),
                 "sample_seconds": sample_seconds,
                 "fid_train": quality.number(on_train, "fid"),
-                "kid_train": 1e3 * (quality.number(on_train, "kid_mean") or float("nan")),
+                "kid_train": 1e3 * (quality.number(on_train, "kid") or float("nan")),
                 "fid_validation": quality.number(on_validation, "fid"),
-                "kid_validation": 1e3 * (quality.number(on_validation, "kid_mean") or float("nan")),
+                "kid_validation": 1e3 * (quality.number(on_validation, "kid") or float("nan")),
                 "commit": commit,
                 "command": train_command,
             }
