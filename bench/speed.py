@@ -6,6 +6,7 @@
     python bench/speed.py --precision mixed_float16 --xla   # GPU options, the project's side
     python bench/speed.py --recipes v1,default  # each recipe's training step, % of peak
     python bench/speed.py --recipes default --precision float32,mixed_bfloat16  # and each policy
+    python bench/speed.py --gpu                 # on a GPU: the table to send (see the README)
 
 Both sides use the same model width and batch, in one process:
 (a) the reference: the classic notebook's loop, `model.train_on_batch` on
@@ -15,11 +16,21 @@ Both sides use the same model width and batch, in one process:
 The achieved GFLOP/s come from the model's multiply-adds counted layer by
 layer (a training step is taken as 3x the forward pass), against a 4096^2
 float32 `tf.matmul` measured in the same run.
+
+`--gpu` instead times the default recipe's training step on the GPU at
+batches 8, 32, 128 and 512, in float32 and in the mixed precision that
+`--precision auto` picks for that GPU, each with XLA off and on, and
+sampling 1000 images, in one table: what the GPU defaults of a new run
+(`tf_diffusion.training.GPU_DEFAULTS`, chosen from the literature) were
+never measured against. Each cell builds its own trainer, is warmed up once
+(tracing, XLA compilation) and then timed over `--steps` (default 20) steps.
 """
 
 import argparse
+import gc
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -32,7 +43,9 @@ def parse_arguments():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=6, help="timed training steps per side")
+    parser.add_argument(
+        "--steps", type=int, help="timed training steps per side (default 6; with --gpu 20)"
+    )
     parser.add_argument("--sample-num", type=int, default=1000)
     parser.add_argument(
         "--precision",
@@ -51,10 +64,19 @@ def parse_arguments():
         help="instead: time the training step of these recipes (comma list, e.g. v1,default) "
         "at their own width and batch, side by side, with GFLOP/s and %% of the matmul peak",
     )
+    parser.add_argument(
+        "--gpu",
+        action="store_true",
+        help="instead: the default recipe's training img/s on this GPU at batches 8-512, float32 "
+        "against its mixed precision, XLA off and on, and sampling; the table to send",
+    )
     parser.add_argument("--only-project-training", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--intra-op", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--inter-op", type=int, help=argparse.SUPPRESS)
-    return parser.parse_args()
+    arguments = parser.parse_args()
+    if arguments.steps is None:
+        arguments.steps = 20 if arguments.gpu else 6
+    return arguments
 
 
 def machine(tf):
@@ -186,6 +208,208 @@ def recipes_mode(arguments, images, tf):
         )
 
 
+GPU_BATCH_SIZES = (8, 32, 128, 512)
+# Cells that would start after this many seconds are left out, so that --gpu ends within 5
+# minutes even where tracing and XLA compilation are slow.
+GPU_BUDGET_SECONDS = 240
+NO_GPU = "error: --gpu: no GPU is visible to TensorFlow; run this on a GPU machine such as Colab"
+
+
+def gpu_precisions(gpus):
+    """float32 and the mixed precision `--precision auto` takes on `gpus` (float16 where that
+    is float32, to show what it would give)."""
+    from tf_diffusion.training import auto_precision
+
+    chosen = auto_precision(gpus)
+    return ("float32", "mixed_float16" if chosen == "float32" else chosen)
+
+
+def gpu_cells(
+    tf,
+    device,
+    batch_sizes,
+    precisions,
+    steps,
+    sample_num,
+    images,
+    width=None,
+    xla_options=(False, True),
+    peak_size=4096,
+    budget_seconds=None,
+    log=None,
+):
+    """The default recipe's training speed on `device` for each batch, precision and XLA option.
+
+    Returns `(rows, sampling, peak)`: a dict per cell, in the order batch,
+    precision, XLA (batch_size, precision, xla, and images_per_second and
+    gflops, or `failed`, the reason), the seconds of `sample_num` samples the
+    first time (tracing included) and the second, and the float32 `tf.matmul`
+    peak in GFLOP/s. `width` None is the recipe's. One trainer per precision
+    serves every batch (`shared_trainer`), so that tracing does not take most
+    of the time; XLA still compiles each batch size, in the cell's warm-up.
+    """
+    from tf_diffusion.config import Config
+    from tf_diffusion.data import make_dataset
+    from tf_diffusion.model import make_model
+    from tf_diffusion.sampling import Sampler
+
+    start = time.perf_counter()
+    rows = []
+    with tf.device(device):
+        peak = matmul_peak(tf, size=peak_size)
+        config = Config.for_recipe("default", width=width)
+        sampler = Sampler(make_model(config), config)
+        sampling = [seconds_of(lambda: sampler.sample(sample_num)) for _ in range(2)]
+        trainers = {}  # precision: its trainer, step functions and level draw, made on first use
+        for batch_size in batch_sizes:
+            for precision in precisions:
+                for xla in xla_options:
+                    row = {"batch_size": batch_size, "precision": precision, "xla": xla}
+                    rows.append(row)
+                    if budget_seconds and time.perf_counter() - start > budget_seconds:
+                        row["failed"] = f"not run: past the {budget_seconds} s budget"
+                        continue
+                    try:
+                        if precision not in trainers:
+                            trainers[precision] = shared_trainer(tf, precision, width, xla_options)
+                        trainer, steps_of, draw = trainers[precision]
+                        with tf.device("/CPU:0"):  # the input pipeline runs on the CPU
+                            dataset = make_dataset(
+                                images, batch_size, trainer.config.timesteps, 0, draw=draw
+                            )
+                        batches = iter(dataset)
+                        step = steps_of[xla]
+                        seconds = timed(lambda: float(step(*next(batches))), steps)
+                    except Exception as error:  # out of memory, or XLA cannot compile
+                        text = str(error).strip().splitlines() or [type(error).__name__]
+                        row["failed"] = re.sub(r"[\s|]+", " ", text[0])[:80]
+                    else:
+                        training_flops = 3 * forward_flops(trainer.model)
+                        row["images_per_second"] = batch_size / seconds
+                        row["gflops"] = row["images_per_second"] * training_flops / 1e9
+                    batches = dataset = None
+                    if log:
+                        log(
+                            f"batch {batch_size}, {precision}, XLA {'on' if xla else 'off'}: "
+                            f"{row.get('images_per_second', 0):.0f} img/s {row.get('failed', '')}"
+                        )
+    trainers = None
+    gc.collect()
+    return rows, sampling, peak
+
+
+def shared_trainer(tf, precision, width, xla_options):
+    """A trainer of the default recipe in `precision`, with a step function per XLA option
+    that serves every batch size (traced with the batch unknown from the second size on)."""
+    from tf_diffusion.config import Config
+    from tf_diffusion.schedule import LevelDraw
+    from tf_diffusion.training import Trainer
+
+    trainer = Trainer(Config.for_recipe("default", width=width, precision=precision))
+    steps_of = {
+        xla: tf.function(trainer._train_one, jit_compile=xla or None, reduce_retracing=True)
+        for xla in xla_options
+    }
+    return trainer, steps_of, LevelDraw.from_config(trainer.config, trainer.schedule)
+
+
+def seconds_of(function):
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def gpu_row(row, first, peak):
+    """A row of the --gpu table: the cell, its img/s, x the first cell, GFLOP/s, % of peak."""
+    cell = f"| {row['batch_size']} | {row['precision']} | {'on' if row['xla'] else 'off'} |"
+    if "failed" in row:
+        return f"{cell} {row['failed']} | | | |"
+    ratio = row["images_per_second"] / first["images_per_second"] if "failed" not in first else 0
+    return (
+        f"{cell} {row['images_per_second']:.0f} | {ratio:.2f} | {row['gflops']:.0f} | "
+        f"{100 * row['gflops'] / peak:.0f}% |"
+    )
+
+
+def gpu_table(rows, peak):
+    """The --gpu table's lines: a header and a row per cell."""
+    lines = [
+        "| batch | precision | XLA | training img/s | × first row | GFLOP/s | "
+        "% of float32 matmul peak |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    return lines + [gpu_row(row, rows[0], peak) for row in rows]
+
+
+def issues_url():
+    """Where to send the table: the issues of the GitHub repository this was cloned from."""
+    try:
+        origin = subprocess.run(
+            ["git", "-C", REPOSITORY, "remote", "get-url", "origin"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        origin = ""
+    match = re.search(r"github\.com[:/]([^/]+/[^/]+?)(\.git)?/?$", origin)
+    return f"https://github.com/{match[1] if match else 'OWNER/tf-diffusion'}/issues"
+
+
+def gpu_mode(arguments, images, tf):
+    """--gpu: refuse without a GPU; else time the cells and print the table to send."""
+    from tf_diffusion.config import Config
+    from tf_diffusion.training import auto_precision, device_defaults, visible_gpus
+
+    gpus = visible_gpus()
+    if not gpus:
+        print(NO_GPU, file=sys.stderr, flush=True)
+        return 2
+    started = time.perf_counter()
+    tf.get_logger().setLevel("ERROR")  # the retracing warnings of gpu_cells' shared step
+    precisions = gpu_precisions(gpus)
+    print(f"Timing {len(GPU_BATCH_SIZES) * 4} cells, up to 5 minutes...", file=sys.stderr)
+    rows, sampling, peak = gpu_cells(
+        tf,
+        "/GPU:0",
+        GPU_BATCH_SIZES,
+        precisions,
+        arguments.steps,
+        arguments.sample_num,
+        images,
+        budget_seconds=GPU_BUDGET_SECONDS,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    name, capability = gpus[0]
+    chosen = device_defaults("default", gpus[:1])
+    config = Config.for_recipe("default")
+    print(f"python bench/speed.py {' '.join(sys.argv[1:])}")
+    print(f"machine: {machine(tf)}")
+    print(
+        f"GPU 0: {name}, compute capability {'.'.join(map(str, capability or ('?',)))}; "
+        f"--precision auto trains in {auto_precision(gpus)}; a new default run takes "
+        f"batch {chosen['batch_size']}, lr {chosen['learning_rate']:g}, XLA "
+        f"{'on' if chosen['xla'] else 'off'} (chosen from the literature, not measured); "
+        f"TF32 {'on' if tf.config.experimental.tensor_float_32_execution_enabled() else 'off'}"
+    )
+    print(
+        f"default recipe: width {config.width}, {arguments.steps} timed steps per cell after one "
+        f"warm-up; tf.matmul 4096x4096 float32 peak: {peak:.0f} GFLOP/s"
+    )
+    print("\n".join(gpu_table(rows, peak)))
+    print(
+        f"sampling {arguments.sample_num} images ({config.sampler}, {config.sampling_steps} "
+        f"steps, float32): {sampling[0]:.1f} s the first time (tracing included), "
+        f"{sampling[1]:.1f} s the second"
+    )
+    print(f"took {time.perf_counter() - started:.0f} s")
+    print(
+        f"\nPlease send this: open an issue at {issues_url()} titled 'GPU speed: {name}' "
+        "and paste everything above from the command line down."
+    )
+    return 0
+
+
 def main():
     arguments = parse_arguments()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -198,6 +422,8 @@ def main():
     if arguments.inter_op:
         tf.config.threading.set_inter_op_parallelism_threads(arguments.inter_op)
     images = np.random.default_rng(0).integers(0, 255, (1000, 32, 32, 3), dtype=np.uint8)
+    if arguments.gpu:
+        raise SystemExit(gpu_mode(arguments, images, tf))
     if arguments.recipes:
         recipes_mode(arguments, images, tf)
         return

@@ -1,9 +1,11 @@
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -78,6 +80,26 @@ def test_interrupted_runs_end_exactly_where_a_straight_run_ends(tmp_path, npz_pa
     assert_same_tensors(straight, resumed)
     iterations = [name for name in resumed if "iterations" in name]
     assert iterations and all(resumed[name] == reached for name in iterations)
+
+
+def test_max_minutes_ends_the_session_saved_and_it_resumes_exactly(tmp_path, npz_path):
+    # The budget stops training by the clock, but the rate schedule is a function of the
+    # step alone: the stopped run, resumed, meets a straight run at the same step.
+    budget = tmp_path / "budget"
+    started = time.monotonic()
+    output = run_train(budget, npz_path, 100000, "--max-minutes=0.1")
+    assert time.monotonic() - started > 6  # at least the 6 s of training it was given
+    stopped = re.search(r"Stopped after --max-minutes 0.1: step (\d+) saved in ", output)
+    assert stopped, output
+    reached = int(stopped[1])
+    assert reached > 0 and f"ckpt-{reached}.index" in os.listdir(budget)
+    with open(budget / "config.json") as file:
+        assert json.load(file)["max_steps"] == 100000  # the schedule's end is untouched
+    output = run_train(budget, npz_path, 100000, f"--stop-at={reached + 2}")
+    assert f"Resuming from step {reached}" in output
+    run_train(tmp_path / "straight", npz_path, 100000, f"--stop-at={reached + 2}")
+    straight = checkpoint_tensors(tmp_path / "straight" / f"ckpt-{reached + 2}")
+    assert_same_tensors(straight, checkpoint_tensors(budget))
 
 
 def test_stop_at_ends_the_session_but_keeps_max_steps(tmp_path, npz_path, capsys):

@@ -54,6 +54,7 @@ def test_every_setting_with_a_flag_is_in_the_readme_with_its_default():
         "--recipe",
         "--weights-dir",
         "--stop-at",
+        "--max-minutes",
         "--mixed-precision",
         "--fresh",
         "--quiet",

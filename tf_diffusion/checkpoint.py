@@ -50,15 +50,17 @@ def move_aside(directory):
     return target
 
 
-def resolve_config(directory, recipe=None, overrides=None, fresh=False, lock=None):
+def resolve_config(directory, recipe=None, overrides=None, fresh=False, lock=None, defaults=None):
     """The config of the run in `directory`: the saved one, or a new one.
 
     `overrides` are the settings the user gave explicitly. A saved run keeps
     its settings unless overridden; overriding one that defines the
     checkpoint (the model shape, the data, the optimiser) is an error that
-    names each differing setting. With `fresh`, an existing run is moved aside
-    and a new one starts, and `lock`, the folder's, is taken again on the new
-    folder. Returns `(config, resumed, moved_to)`.
+    names each differing setting. `defaults` (this machine's,
+    `training.device_defaults`) go under the overrides of a new run only; a
+    saved run keeps its own values. With `fresh`, an existing run is moved
+    aside and a new one starts, and `lock`, the folder's, is taken again on
+    the new folder. Returns `(config, resumed, moved_to)`.
     """
     overrides = {key: value for key, value in (overrides or {}).items() if value is not None}
     moved_to = None
@@ -68,7 +70,8 @@ def resolve_config(directory, recipe=None, overrides=None, fresh=False, lock=Non
             lock.moved_aside(moved_to)
     saved = load_config(directory) if has_checkpoint(directory) else None
     if saved is None:
-        config = Config.for_recipe(recipe or "default", weights_dir=directory, **overrides)
+        settings = {**(defaults or {}), **overrides}
+        config = Config.for_recipe(recipe or "default", weights_dir=directory, **settings)
         return config, False, moved_to
     if recipe is not None and recipe != saved.recipe:
         overrides["recipe"] = recipe

@@ -14,6 +14,7 @@ before TensorFlow loads; so is a second training run on the same folder.
 
 import argparse
 import dataclasses
+import math
 import os
 import re
 import signal
@@ -34,7 +35,7 @@ from tf_diffusion.lock import training_lock
 # predict.py's --num: 50000 is the usual FID sample; past this, run again with another --seed.
 MAX_SAMPLES = 100_000
 # train.py's flags that are not `Config` settings.
-SCRIPT_FLAGS = ("weights_dir", "recipe", "fresh", "quiet", "stop_at")
+SCRIPT_FLAGS = ("weights_dir", "recipe", "fresh", "quiet", "stop_at", "max_minutes")
 
 
 def flag(name):
@@ -91,6 +92,13 @@ def train_parser(description):
         metavar="STEP",
         help="end this session at STEP, saved; "
         "--max-steps and the rate schedule stay (for training in chunks)",
+    )
+    add(
+        "--max-minutes",
+        type=float,
+        metavar="M",
+        help="end this session after M minutes of training, saved, the same way; run the same "
+        "command to continue (for Colab's time limits)",
     )
     add(
         "--mixed-precision",
@@ -170,6 +178,8 @@ def check_train_arguments(arguments):
     check_folder_path("weights_dir", arguments["weights_dir"])
     if arguments["stop_at"] is not None:
         check_at_least("stop_at", arguments["stop_at"], 1)
+    if arguments["max_minutes"] is not None and not 0 < arguments["max_minutes"] < math.inf:
+        raise UsageError(f"`max_minutes` must be a positive number, got {arguments['max_minutes']}")
 
 
 def check_predict_arguments(arguments):

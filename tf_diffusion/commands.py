@@ -21,7 +21,16 @@ from tf_diffusion.lock import training_lock
 from tf_diffusion.sampling import Sampler
 from tf_diffusion.schedule import LevelDraw
 from tf_diffusion.tracking import KidTracker
-from tf_diffusion.training import Progress, Trainer, fit, is_chief, make_strategy
+from tf_diffusion.training import (
+    Progress,
+    Trainer,
+    device_defaults,
+    fit,
+    is_chief,
+    make_strategy,
+    training_precision,
+    visible_gpus,
+)
 
 ROUND_SAMPLES = 25
 
@@ -33,15 +42,17 @@ def train(
     fresh=False,
     quiet=False,
     stop_at=None,
+    max_minutes=None,
     lock=None,
 ):
     """Train (or resume) the run in `weights_dir` up to its `max_steps`; return the step reached.
 
     `settings` are the ones given explicitly (the rest keep the saved run's,
-    or the recipe's). `stop_at` ends this session sooner, saved, without
-    changing the run's settings: its `max_steps`, and so its learning-rate
-    schedule, stay. `lock` is the folder's lock when the caller took it
-    (train.py does, before TensorFlow loads); without one it is taken here.
+    or the recipe's). `stop_at` (a step) and `max_minutes` (of training)
+    end this session sooner, saved, without changing the run's settings: its
+    `max_steps`, and so its learning-rate schedule, stay. `lock` is the folder's
+    lock when the caller took it (train.py does, before TensorFlow loads);
+    without one it is taken here.
     """
     distribute = (settings or {}).get("distribute")
     with (
@@ -49,11 +60,17 @@ def train(
     ) as lock:
         # One run, one writer: the lock is held from before --fresh moves anything. A worker
         # that is not the chief holds none, and leaves moving the old run to the chief.
+        gpus = visible_gpus()  # a new run of the default recipe on a GPU takes GPU defaults
+        defaults = device_defaults(recipe or "default", gpus, distribute or "none")
         config, resumed, moved_to = resolve_config(
-            weights_dir, recipe, settings, fresh and lock is not None, lock
+            weights_dir, recipe, settings, fresh and lock is not None, lock, defaults
         )
         if moved_to:
             print(f"--fresh: moved the old run to {moved_to}", flush=True)
+        if max_minutes is not None and config.distribute == "multi-worker":
+            raise UsageError(  # the workers' clocks would stop them at different steps
+                "`max_minutes` cannot end a multi-worker run; use `stop_at` STEP instead"
+            )
         images = load_images(config.data, config.label)
         strategy = make_strategy(config.distribute)
         say = print if is_chief(strategy) else silent
@@ -62,6 +79,8 @@ def train(
             weights_dir, trainer.trackables(), config.keep_checkpoints, lock and lock.beat
         )
         announce(trainer, store, config, len(images), resumed, say)
+        if not resumed:
+            say_device_defaults(gpus, defaults, settings, config, say)
         end_step, end_flag = config.max_steps, "--max-steps"
         if stop_at is not None and stop_at < end_step:
             end_step, end_flag = stop_at, "--stop-at"
@@ -72,7 +91,7 @@ def train(
                 flush=True,
             )
             return trainer.step
-        return train_to(trainer, store, config, images, end_step, quiet, say)
+        return train_to(trainer, store, config, images, end_step, quiet, say, max_minutes)
 
 
 def silent(*arguments, **keywords):
@@ -100,9 +119,41 @@ def announce(trainer, store, config, image_count, resumed, say):
     )
 
 
-def train_to(trainer, store, config, images, end_step, quiet, say):
-    """Train from the restored step to `end_step`, saving on schedule, on Ctrl-C or SIGTERM,
-    and at the end; return the step reached."""
+def say_device_defaults(gpus, defaults, settings, config, say):
+    """One line on what a new GPU run took from `training.device_defaults` (the settings not
+    given explicitly) and from "auto" precision, and that none of it was measured."""
+    given = {name for name, value in (settings or {}).items() if value is not None}
+    chosen = [
+        f"{DEFAULT_LABELS[name]} {getattr(config, name):g}"
+        if name != "xla"
+        else f"XLA {'on' if config.xla else 'off'}"
+        for name in defaults
+        if name not in given
+    ]
+    if defaults and config.precision == "auto":
+        chosen.append(training_precision("auto"))
+    if not chosen:
+        return
+    devices = ", ".join(
+        dict.fromkeys(
+            f"{name} (compute capability {'.'.join(map(str, capability or ('?',)))})"
+            for name, capability in gpus
+        )
+    )
+    say(
+        f"On the GPU {devices} this new run takes {', '.join(chosen)}: chosen from the "
+        "literature, not measured (flags override them; python bench/speed.py --gpu measures "
+        "them)",
+        flush=True,
+    )
+
+
+DEFAULT_LABELS = {"batch_size": "batch", "learning_rate": "learning rate"}
+
+
+def train_to(trainer, store, config, images, end_step, quiet, say, max_minutes=None):
+    """Train from the restored step to `end_step`, or for `max_minutes`, saving on schedule,
+    on Ctrl-C or SIGTERM, and at the end; return the step reached."""
     start_step = trainer.step
     dataset = make_dataset(  # from the batch the run has reached
         images,
@@ -138,6 +189,7 @@ def train_to(trainer, store, config, images, end_step, quiet, say):
             save_every=config.save_every,
             save_every_minutes=config.save_every_minutes,
             steps_per_call=config.steps_per_call,
+            max_seconds=None if max_minutes is None else 60 * max_minutes,
         )
     except KeyboardInterrupt:
         if progress is not None:
@@ -157,7 +209,14 @@ def train_to(trainer, store, config, images, end_step, quiet, say):
         store.save(step, config)
     if chief and step % config.round_steps:  # a round that just ended has its grid already
         on_round_end(step)
-    say(f"Done: step {step} saved in {config.weights_dir}", flush=True)
+    if step < end_step:
+        say(
+            f"Stopped after --max-minutes {max_minutes:g}: step {step} saved in "
+            f"{config.weights_dir}; run the same command to continue",
+            flush=True,
+        )
+    else:
+        say(f"Done: step {step} saved in {config.weights_dir}", flush=True)
     if not chief:
         shutil.rmtree(store.directory, ignore_errors=True)
     return step

@@ -109,17 +109,88 @@ def learning_rate_schedule(config, learning_rate):
 
 
 def training_precision(precision):
-    """The Keras dtype policy to train with: `precision`, or for "auto" this machine's best.
-
-    "auto" is mixed_bfloat16 on a CPU that multiplies bfloat16 natively (and no
-    GPU), where it trains about 1.2x faster; float32 everywhere else, since
-    emulated bfloat16 is slow and a GPU's choice depends on its generation.
-    """
+    """The Keras dtype policy to train with: `precision`, or for "auto" this machine's best."""
     if precision != "auto":
         return precision
-    if tf.config.list_physical_devices("GPU") or not cpu_has_bfloat16():
-        return "float32"
-    return "mixed_bfloat16"
+    gpus = visible_gpus()
+    return auto_precision(gpus, cpu_bfloat16=not gpus and cpu_has_bfloat16())
+
+
+def auto_precision(gpus, cpu_bfloat16=False):
+    """What "auto" trains in, from the machine's facts: `gpus`, a list of (name, compute
+    capability as a (major, minor) tuple or None), and whether the CPU has bfloat16 instructions.
+
+    On a GPU, by its generation (the oldest, if several; not measured here, see
+    `bench/speed.py --gpu`): mixed_bfloat16 from compute capability 8.0 (A100,
+    L4, RTX 30xx/40xx: bfloat16 tensor cores, float32's range, so no loss
+    scaling), mixed_float16 with dynamic loss scaling on 7.x (V100, T4: float16
+    tensor cores, no bfloat16 ones), float32 below, where TensorFlow's mixed
+    precision guide expects no gain. On a CPU, mixed_bfloat16 where it
+    multiplies bfloat16 natively (measured: about 1.2x faster), else float32,
+    since emulated bfloat16 is slower.
+    """
+    if gpus:
+        capabilities = [capability or (0, 0) for _, capability in gpus]
+        oldest = min(tuple(capability) for capability in capabilities)
+        if oldest >= (8, 0):
+            return "mixed_bfloat16"
+        return "mixed_float16" if oldest >= (7, 0) else "float32"
+    return "mixed_bfloat16" if cpu_bfloat16 else "float32"
+
+
+def visible_gpus():
+    """The GPUs TensorFlow sees, as (name, compute capability or None) pairs."""
+    gpus = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            details = tf.config.experimental.get_device_details(gpu)
+        except Exception:  # a device TensorFlow cannot describe: no capability known
+            details = {}
+        name = details.get("device_name", getattr(gpu, "name", str(gpu)))
+        gpus.append((name, details.get("compute_capability")))
+    return gpus
+
+
+# What a new run of the default recipe trains with on a GPU unless its flags say otherwise
+# (v1 and classic stay as they are: they are controls). Chosen from the literature and this
+# network's size, NOT measured: no GPU was at hand. `python bench/speed.py --gpu` measures them.
+# * batch 128: DDPM (Ho et al. 2020) and improved-diffusion (Nichol and Dhariwal 2021) train
+#   CIFAR-10 at 128; keras.io's DDIM example trains a U-Net of about this one's widths (32 to
+#   128 channels) at 64 images of 64 px, the pixels of 256 at 32 px. The CPU's 8 was chosen
+#   because there a smaller batch buys more steps for the same compute. On a GPU a step of 8
+#   images of this 2.6M-parameter network (0.37 GFLOP forward per image, about 9 GFLOP per
+#   step with the backward pass) is a millisecond or two of work spread over many hundreds of
+#   kernel launches (155 layers forward and back, Adam on 142 weight tensors), so the GPU
+#   would mostly wait on them; at 128 (about 140 GFLOP a step) the work dominates even on a
+#   T4, and a class's 5000 images still give 39 steps a pass.
+# * learning rate 3e-3: this project trained stably at 2e-3 from batch 8 to 64 and at 4e-3 at
+#   batch 64, which beat 2e-3 in a short CPU run, and 3e-3 matched 2e-3 over an hour at batch
+#   16 (docs/experiments.md). Adam's square-root scaling rule (Malladi et al. 2022) takes 2e-3
+#   at batch 64 to 2.8e-3 at 128. The literature's lower rates at 128 (DDPM 2e-4,
+#   improved-diffusion 1e-4) are for networks 14 to 20 times this size; keras.io's DDIM uses
+#   1e-3 at batch 64 (AdamW). The 100-step warm-up and the cosine decay stay.
+# * XLA on: it fuses the many small element-wise ops of each block (GroupNorm, SiLU, the
+#   AdaGN scale and shift) into a few kernels, where a small convnet loses its time on a GPU.
+#   On one GPU only: jit_compile around a tf.distribute step is known to fail
+#   (keras-team/keras#19005), so a `distribute` run keeps it off.
+GPU_DEFAULTS = {"batch_size": 128, "learning_rate": 3e-3, "xla": True}
+
+
+def device_defaults(recipe, gpus, distribute="none"):
+    """The settings a new run of `recipe` takes on this machine, under the ones given explicitly.
+
+    `gpus` as in `auto_precision`. Empty without a GPU, and for v1 and the
+    classic recipe. With `distribute` mirrored the batch is rounded up to a
+    multiple of the GPUs, so that it splits over them.
+    """
+    if recipe != "default" or not gpus:
+        return {}
+    defaults = dict(GPU_DEFAULTS)
+    if distribute != "none":
+        defaults["xla"] = False
+    if distribute == "mirrored":
+        defaults["batch_size"] = -(-defaults["batch_size"] // len(gpus)) * len(gpus)
+    return defaults
 
 
 def cpu_has_bfloat16(cpu_info="/proc/cpuinfo"):
@@ -389,8 +460,10 @@ def fit(
     save_every=1000,
     save_every_minutes=10.0,
     steps_per_call=1,
+    max_seconds=None,
 ):
-    """Train until `max_steps`, calling `on_save(step)` and `on_round_end(step)` on time.
+    """Train until `max_steps`, or for `max_seconds`, calling `on_save(step)` and
+    `on_round_end(step)` on time; return the step reached.
 
     Raises `TrainingDiverged`, without saving, when the loss stops being finite.
     A first Ctrl-C or SIGTERM raises `KeyboardInterrupt` between two whole steps,
@@ -399,9 +472,11 @@ def fit(
     """
     with interrupts_between_steps() as interrupted:
         config = trainer.config
-        last_save_time = time.monotonic()
+        last_save_time = started = time.monotonic()
         step = trainer.step
-        while step < max_steps:
+        while step < max_steps and (
+            max_seconds is None or time.monotonic() - started < max_seconds
+        ):
             if interrupted:
                 raise KeyboardInterrupt(f"signal {interrupted[0]}")
             count = min(steps_per_call, max_steps - step)
