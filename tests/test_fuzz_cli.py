@@ -24,7 +24,7 @@ import traceback
 import pytest
 from conftest import REPOSITORY
 
-VECTORS_PER_SCRIPT = 200
+VECTORS_PER_SCRIPT = 300
 SEED = 13
 ERROR_LINE = re.compile(r"^(\S+: )?error: ")
 
