@@ -29,7 +29,6 @@ from tf_diffusion.files import (
     load_run_config,
     temporary_path,
 )
-from tf_diffusion.images import parse_grid
 from tf_diffusion.lock import training_lock
 
 # predict.py's --num: 50000 is the usual FID sample; past this, run again with another --seed.
@@ -204,6 +203,25 @@ def check_predict_arguments(arguments):
         check_new_folder("export", arguments["export"])
 
 
+def parse_grid(text, count):
+    """predict.py's --grid 'ROWSxCOLS' as (rows, columns) for `count` images; None stays None."""
+    if text is None:
+        return None
+    parts = str(text).lower().split("x")
+    try:
+        rows, columns = (int(part) if part.isdecimal() else 0 for part in parts)
+    except ValueError:  # not two parts, or a number too long to read
+        rows = columns = 0
+    if rows < 1 or columns < 1:
+        raise UsageError(f"`grid` {text!r} is not ROWSxCOLS, for example 4x8")
+    if max(rows, columns) > count:
+        raise UsageError(
+            f"`grid` {text}: more rows or columns than the {count} images (`num`); "
+            "choose a smaller grid"
+        )
+    return rows, columns
+
+
 def check_inception_weights(weights):
     """Raise `UsageError` unless `weights` is 'imagenet', 'random' or an existing file."""
     if weights not in (None, "imagenet", "random") and not os.path.isfile(weights):
@@ -361,7 +379,8 @@ def predict(arguments):
     try:
         from tf_diffusion import commands
 
-        commands.predict(**arguments)
+        grid = parse_grid(arguments["grid"], arguments["num"])
+        commands.predict(**{**arguments, "grid": grid})
     except UsageError as error:
         print(error_line(error), file=sys.stderr)
         return 2

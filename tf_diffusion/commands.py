@@ -16,7 +16,7 @@ from tf_diffusion.config import CIFAR10_CLASS_NAMES
 from tf_diffusion.data import load_images, make_dataset
 from tf_diffusion.export import export_run
 from tf_diffusion.files import best_run_directory, write_atomically
-from tf_diffusion.images import parse_grid, save_gif, save_grid, save_strip, to_uint8
+from tf_diffusion.images import near_square, save_gif, save_grid, save_strip, to_uint8
 from tf_diffusion.lock import training_lock
 from tf_diffusion.sampling import Sampler
 from tf_diffusion.schedule import LevelDraw
@@ -261,17 +261,18 @@ def predict(
 ):
     """Sample `num` images from the run in `weights_dir` and write the requested files.
 
-    With `evaluate`, also print FID and KID against as many training images
-    of the run's class (from `data`, or the run's own data source). With
-    `best`, sample from the checkpoint with the lowest KID that --track-kid
-    kept. With `export`, write the exported model into that folder instead.
+    `grid` is the layout of the `out` PNG, (rows, columns); None is near square.
+    With `evaluate`, also print FID and KID against as many training images of
+    the run's class (from `data`, or the run's own data source). With `best`,
+    sample from the checkpoint with the lowest KID that --track-kid kept. With
+    `export`, write the exported model into that folder instead.
     """
     if export:
         changes = {"sampling_steps": sampling_steps, "sampler": sampler, "spacing": spacing}
         return export_run(weights_dir, export, best, **changes)
     if best:
         weights_dir = best_run_directory(weights_dir)
-    rows, columns = parse_grid(grid, num)
+    rows, columns = grid or near_square(num)
     config, model = load_for_sampling(
         weights_dir, sampling_steps=sampling_steps, sampler=sampler, spacing=spacing
     )

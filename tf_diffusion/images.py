@@ -41,7 +41,7 @@ def tile(images, rows, columns, padding=2):
 def save_grid(images, path, rows=None, columns=None, scale=4, title=None):
     """Write `images` as a PNG grid, each pixel drawn `scale` x `scale`."""
     if rows is None or columns is None:
-        rows, columns = parse_grid(None, len(images))
+        rows, columns = near_square(len(images))
     sheet = tile(images, rows, columns)
     height, width = sheet.shape[:2]
     dots_per_inch = 100
@@ -90,7 +90,7 @@ def save_gif(frames, levels, path, milliseconds_per_frame=120, scale=4, hold_las
     from PIL import Image
 
     frames = to_uint8(frames)
-    rows, columns = parse_grid(None, frames.shape[1])
+    rows, columns = near_square(frames.shape[1])
     pictures = []
     for frame in frames:
         sheet = tile(frame, rows, columns)
@@ -132,21 +132,7 @@ def unwritable_as_usage_error(path):
         ) from None
 
 
-def parse_grid(text, count=None):
-    """'ROWSxCOLS' to (rows, columns); None picks a near-square layout for `count`."""
-    if text is None:
-        columns = math.ceil(math.sqrt(count))
-        return math.ceil(count / columns), columns
-    parts = str(text).lower().split("x")
-    try:
-        rows, columns = (int(part) if part.isdecimal() else 0 for part in parts)
-    except ValueError:  # not two parts, or a number too long to read
-        rows = columns = 0
-    if rows < 1 or columns < 1:
-        raise UsageError(f"`grid` {text!r} is not ROWSxCOLS, for example 4x8")
-    if count is not None and max(rows, columns) > count:
-        raise UsageError(
-            f"`grid` {text}: more rows or columns than the {count} images (`num`); "
-            "choose a smaller grid"
-        )
-    return rows, columns
+def near_square(count):
+    """(rows, columns) of a near-square grid of `count` images."""
+    columns = math.ceil(math.sqrt(count))
+    return math.ceil(count / columns), columns
