@@ -275,6 +275,12 @@ def test_a_second_train_py_is_refused_while_the_first_runs_and_changes_nothing(t
     assert folder_contents(run)[1] == ["ckpt-3", "ckpt-4"]
 
 
+def train_to_the_end(run, npz_path, *extra):
+    """train.py on `run`, waited for; its output captured."""
+    command = train_command(run, npz_path, *extra)
+    return subprocess.run(command, capture_output=True, text=True, env=ENVIRONMENT, timeout=300)
+
+
 def test_the_lock_of_a_killed_run_is_taken_over_with_a_warning(tmp_path, npz_path):
     run = tmp_path / "run"
     killed = subprocess.Popen(
@@ -292,13 +298,7 @@ def test_the_lock_of_a_killed_run_is_taken_over_with_a_warning(tmp_path, npz_pat
         killed.wait()
     assert lock_record(run)["pid"] == killed.pid  # left behind
 
-    again = subprocess.run(
-        train_command(run, npz_path, "--max-steps=1"),
-        capture_output=True,
-        text=True,
-        env=ENVIRONMENT,
-        timeout=300,
-    )
+    again = train_to_the_end(run, npz_path, "--max-steps=1")
     assert again.returncode == 0, again.stderr
     warnings = [line for line in again.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "Traceback" not in again.stderr
@@ -313,26 +313,14 @@ def test_a_lock_from_another_host_is_taken_over_at_90_s_and_refused_at_5_s(tmp_p
     for a minute and a half, goes at once; one that beat 5 s ago may be a live run."""
     run = tmp_path / "run"
     write_lock(run, host="vanished-colab-vm", age=90)
-    taken = subprocess.run(
-        train_command(run, npz_path, "--max-steps=1"),
-        capture_output=True,
-        text=True,
-        env=ENVIRONMENT,
-        timeout=300,
-    )
+    taken = train_to_the_end(run, npz_path, "--max-steps=1")
     assert taken.returncode == 0, taken.stderr
     warnings = [line for line in taken.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "on vanished-colab-vm" in warnings[0]
     assert "its last heartbeat was 90 s ago" in warnings[0]
 
     write_lock(run, host="live-colab-vm", age=5)
-    refused = subprocess.run(
-        train_command(run, npz_path, "--max-steps=2"),
-        capture_output=True,
-        text=True,
-        env=ENVIRONMENT,
-        timeout=300,
-    )
+    refused = train_to_the_end(run, npz_path, "--max-steps=2")
     assert refused.returncode == 2 and refused.stdout == ""
     assert refused.stderr.count("\n") == 1 and refused.stderr.startswith("error: --weights-dir")
     assert "on live-colab-vm" in refused.stderr
