@@ -28,7 +28,6 @@ from tf_diffusion.training import (
     fit,
     is_chief,
     make_strategy,
-    training_precision,
     visible_gpus,
 )
 
@@ -80,7 +79,7 @@ def train(
         )
         announce(trainer, store, config, len(images), resumed, say)
         if not resumed:
-            say_device_defaults(gpus, defaults, settings, config, say)
+            say_device_defaults(gpus, defaults, settings, config, trainer.precision, say)
         end_step, end_flag = config.max_steps, "--max-steps"
         if stop_at is not None and stop_at < end_step:
             end_step, end_flag = stop_at, "--stop-at"
@@ -119,7 +118,7 @@ def announce(trainer, store, config, image_count, resumed, say):
     )
 
 
-def say_device_defaults(gpus, defaults, settings, config, say):
+def say_device_defaults(gpus, defaults, settings, config, precision, say):
     """One line on what a new GPU run took from `training.device_defaults` (the settings not
     given explicitly) and from "auto" precision, and that none of it was measured."""
     given = {name for name, value in (settings or {}).items() if value is not None}
@@ -131,7 +130,7 @@ def say_device_defaults(gpus, defaults, settings, config, say):
         if name not in given
     ]
     if defaults and config.precision == "auto":
-        chosen.append(training_precision("auto"))
+        chosen.append(precision)  # what "auto" chose, as the trainer resolved it
     if not chosen:
         return
     devices = ", ".join(
