@@ -177,6 +177,11 @@ def train_to(trainer, store, config, images, end_step, quiet, say, max_minutes=N
         writer = tf.summary.create_file_writer(os.path.join(config.weights_dir, "logs"))
         progress = Progress(start_step, end_step, config.batch_size, quiet, writer)
         on_round_end = round_sampler(trainer, config, progress, images)
+
+    def save_unless_saved(step):
+        if step > max(start_step, store.latest_step):
+            store.save(step, config)
+
     try:
         step = fit(
             trainer,
@@ -193,8 +198,7 @@ def train_to(trainer, store, config, images, end_step, quiet, say, max_minutes=N
     except KeyboardInterrupt:
         if progress is not None:
             progress.close()
-        if trainer.step > max(start_step, store.latest_step):
-            store.save(trainer.step, config)
+        save_unless_saved(trainer.step)
         say(
             f"\nInterrupted: saved step {trainer.step} in {config.weights_dir}; "
             "run the same command to resume",
@@ -204,8 +208,7 @@ def train_to(trainer, store, config, images, end_step, quiet, say, max_minutes=N
         raise
     if progress is not None:
         progress.close()
-    if step > max(start_step, store.latest_step):
-        store.save(step, config)
+    save_unless_saved(step)
     if chief and step % config.round_steps:  # a round that just ended has its grid already
         on_round_end(step)
     if step < end_step:
