@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """FID and KID of generated images against real ones, on the standard FID Inception network.
 
-    python bench/fid.py GEN.npz REF.npz [--json out.json] [--threads N]
+    python bench/fid.py GEN.npz REF.npz [--json out.json] [--threads N] [--cache-dir DIR]
 
 Each .npz holds key `x`: uint8 images (N, 32, 32, 3), values 0..255. One line
 comes out, with FID, KID and the number of images on each side.
@@ -224,6 +224,24 @@ def inception_features(images, network, batch_size=25):
     return np.concatenate(features)
 
 
+def cached_features(images, network, cache_dir=None):
+    """`inception_features`, kept in `cache_dir` under a hash of the images and the network,
+    so that a reference set scored again (every recipe of bench/quality.py) is read back."""
+    if not cache_dir:
+        return inception_features(images, network)
+    digest = hashlib.sha256(images.tobytes() + str(images.shape).encode()).hexdigest()[:20]
+    path = os.path.join(cache_dir, f"features-{digest}-{NETWORK_SHA256[:12]}.npy")
+    if os.path.exists(path):
+        return np.load(path)
+    features = inception_features(images, network)
+    os.makedirs(cache_dir, exist_ok=True)
+    partial = f"{path}.partial-{os.getpid()}"  # never a half-written cache file under the name
+    with open(partial, "wb") as file:
+        np.save(file, features)
+    os.replace(partial, path)
+    return features
+
+
 # The command line.
 
 
@@ -233,6 +251,7 @@ def main(argv=None):
     parser.add_argument("reference", metavar="REF", help="real images (.npz, key x)")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--threads", type=int, help="torch threads for the network (default all)")
+    parser.add_argument("--cache-dir", help="keep REF's features here and reuse them next time")
     arguments = parser.parse_args(argv)
     try:
         if arguments.threads is not None and arguments.threads < 1:
@@ -253,7 +272,7 @@ def main(argv=None):
     start = time.monotonic()
     network = load_network(path)
     features_generated = inception_features(generated, network)
-    features_reference = inception_features(reference, network)
+    features_reference = cached_features(reference, network, arguments.cache_dir)
     seconds = time.monotonic() - start
     kid_mean, kid_std, kid_subset_size = kid(features_generated, features_reference)
     results = {

@@ -2,6 +2,7 @@
 """Sample quality of recipes trained on the same compute budget, side by side.
 
     python bench/quality.py --cpu-minutes 64 --num 1000
+    python bench/quality.py --recipes v2,default --wall-minutes 60   # as users train
 
 The images of one class (`--data`: CIFAR-10 through tensorflow-datasets by
 default, or an .npz or image folder; `--label`) are split once into
@@ -10,7 +11,10 @@ OUT_DIR/train-split.npz and OUT_DIR/validation-split.npz, the last
 by `train.py` in its own process on the training split with the same seed,
 until that process has used `--cpu-minutes` of CPU time (user + system, all
 threads; so other work on the machine does not change a recipe's share), then
-stopped with Ctrl-C (SIGINT), which saves. Each run then samples `--num`
+stopped with Ctrl-C (SIGINT), which saves. With `--wall-minutes` instead,
+each recipe trains as a user's train.py does, on all the cores, one recipe
+after the other, for that many minutes of training (`train.py --max-minutes`),
+and the `tf.matmul` peak is measured again just before each one. Each run then samples `--num`
 images with `predict.py`, and `bench/fid.py` (FID and KID on the standard FID
 Inception network, run with the Python given by --fid-python or $FID_PYTHON:
 a venv with requirements-fid.txt) scores them against the training split and
@@ -22,6 +26,7 @@ GFLOP/s.
 import argparse
 import concurrent.futures
 import json
+import math
 import os
 import platform
 import shlex
@@ -112,6 +117,12 @@ def parse_arguments():
         help="CPU time each recipe trains for (2 cores: about half as many wall minutes)",
     )
     parser.add_argument(
+        "--wall-minutes",
+        type=float,
+        help="instead of --cpu-minutes: train each recipe as train.py does, on all the cores, "
+        "one after the other, for M minutes of training (train.py --max-minutes M)",
+    )
+    parser.add_argument(
         "--parallel",
         action="store_true",
         help="train the recipes at the same time, each on an equal share of the cores",
@@ -144,6 +155,12 @@ def parse_arguments():
     arguments = parser.parse_args()
     if arguments.max_steps is not None and arguments.max_steps < 1:
         parser.error(f"--max-steps: {arguments.max_steps} is not 1 or more")
+    if arguments.wall_minutes is not None and not (
+        0 < arguments.wall_minutes < math.inf and not arguments.parallel
+    ):
+        parser.error(
+            f"--wall-minutes {arguments.wall_minutes}: pass minutes > 0, without --parallel"
+        )
     if arguments.validation_size < 0:
         parser.error(f"--validation-size: {arguments.validation_size} is negative; pass 0 or more")
     arguments.flags = {recipe: ["--recipe", recipe] for recipe in arguments.recipes.split(",")}
@@ -235,11 +252,12 @@ def train(flags, weights_dir, arguments, log, threads=None):
         "--seed",
         str(arguments.seed),
         *([] if "--max-steps" in flags else ["--max-steps", "10000000"]),
+        *(["--max-minutes", f"{arguments.wall_minutes:g}"] if arguments.wall_minutes else []),
         "--save-every-minutes",
         "10",
         "--quiet",
     ]
-    budget = arguments.cpu_minutes * 60
+    budget = math.inf if arguments.wall_minutes else arguments.cpu_minutes * 60
     start = time.monotonic()
     with open(log, "a") as output:
         environment = dict(os.environ)
@@ -272,6 +290,8 @@ def train(flags, weights_dir, arguments, log, threads=None):
     shown = " ".join(shlex.quote(part) for part in command)
     if 0 < cpu_seconds < budget:
         ended = f"{shown}  # ended by itself after {cpu_seconds / 60:.1f} CPU-minutes"
+        if arguments.wall_minutes:
+            ended += f", {wall / 60:.1f} wall-minutes"
         return steps, wall, ended, cpu_seconds
     stopped = f"{shown}  # stopped with SIGINT after {arguments.cpu_minutes:g} CPU-minutes"
     return steps, wall, stopped, budget
@@ -310,7 +330,17 @@ def score(npz, arguments, log, reference, tag=""):
     if not arguments.fid_python:
         return {}
     report = npz[:-4] + (f"-{tag}" if tag else "") + "-fid.json"
-    command = [arguments.fid_python, FID_TOOL, npz, reference, "--json", report]
+    cache = os.path.join(arguments.out_dir, "fid-features")  # the references, scored once
+    command = [
+        arguments.fid_python,
+        FID_TOOL,
+        npz,
+        reference,
+        "--json",
+        report,
+        "--cache-dir",
+        cache,
+    ]
     with open(log, "a") as output:
         subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, check=True)
     with open(report) as file:
@@ -338,15 +368,20 @@ def number(results, *keys):
 def train_recipes(recipes, arguments, log, data):
     """Train each recipe (side by side with --parallel).
 
-    Returns {recipe: (steps, wall s, command, CPU s)} and the threads per recipe.
+    Returns {recipe: (steps, wall s, command, CPU s, peak)} and the threads per recipe;
+    peak is the `tf.matmul` GFLOP/s measured just before a recipe trained alone, else None.
     """
+    import tensorflow as tf
+    from speed import matmul_peak
+
     runs = {}
     for recipe in recipes:
         weights_dir = os.path.join(arguments.out_dir, recipe)
         if arguments.skip_training:
             with open(os.path.join(weights_dir, "bench-training.json")) as file:
-                # Records from before the CPU time was kept spent the whole budget.
-                runs[recipe] = (*json.load(file), arguments.cpu_minutes * 60)[:4]
+                record = json.load(file)  # older ones lack the CPU time (it was the budget)
+                record += [arguments.cpu_minutes * 60, None][len(record) - 3 :]  # and the peak
+                runs[recipe] = tuple(record[:5])
         elif os.path.exists(weights_dir):
             sys.exit(f"error: {weights_dir} exists; move it away or pass --skip-training")
     pending = [recipe for recipe in recipes if recipe not in runs]
@@ -358,7 +393,8 @@ def train_recipes(recipes, arguments, log, data):
         flags = list(arguments.flags[recipe])
         if arguments.max_steps:
             flags += ["--max-steps", str(arguments.max_steps)]
-        result = train(flags, weights_dir, training, log, threads)
+        peak = None if threads else matmul_peak(tf)  # alone: the machine as this recipe finds it
+        result = (*train(flags, weights_dir, training, log, threads), peak)
         with open(os.path.join(weights_dir, "bench-training.json"), "w") as file:
             json.dump(result, file)
         return result
@@ -383,7 +419,7 @@ def main():
     runs, threads = train_recipes(recipes, arguments, log, train_data)
     rows = []
     for recipe in recipes:
-        steps, wall, train_command, cpu_seconds = runs[recipe]
+        steps, wall, train_command, cpu_seconds, recipe_peak = runs[recipe]
         weights_dir = os.path.join(arguments.out_dir, recipe)
         with open(os.path.join(weights_dir, "config.json")) as file:
             config = json.load(file)
@@ -409,7 +445,8 @@ def main():
                     "batch": config["batch_size"],
                     "steps": steps,
                     "images": images,
-                    "cpu_minutes": arguments.cpu_minutes,
+                    "cpu_minutes": cpu_seconds / 60,
+                    "peak": recipe_peak or peak,
                     "threads": threads,
                     "train_seconds": wall,
                     "gflops": gflops,
@@ -437,34 +474,37 @@ def print_table(rows, arguments, peak):
     trained_on = "all the automobiles"
     if arguments.validation_size:
         trained_on = f"all but the last {arguments.validation_size} automobiles (validation)"
-    side_by_side = ""
+    budget = f"budget {arguments.cpu_minutes:g} CPU-minutes per recipe"
+    if arguments.wall_minutes:
+        budget = f"each trained alone on all cores for {arguments.wall_minutes:g} minutes"
     if rows[0]["threads"]:
-        side_by_side = f", trained side by side on {rows[0]['threads']} thread(s) each"
+        budget += f", trained side by side on {rows[0]['threads']} thread(s) each"
     print(
         f"\nbench/quality.py, {machine()}; tf.matmul peak {peak:.0f} GFLOP/s in this run; "
         f"trained on {trained_on}; {arguments.num} samples vs the images trained on "
-        f"and vs the validation split; budget {arguments.cpu_minutes:g} CPU-minutes per recipe"
-        f"{side_by_side}"
+        f"and vs the validation split; {budget}"
     )
     print(
-        "| recipe | width | batch | CPU-min | steps | images seen | GFLOP/s (% of peak) | "
-        f"train wall s | sampling steps | sample {arguments.num} s | FID | KID x1e3 | "
+        "| recipe | width | batch | CPU-min | steps | images seen | train wall s | img/s | "
+        "matmul peak GFLOP/s | GFLOP/s (% of peak) | sampling steps | "
+        f"sample {arguments.num} s | FID | KID x1e3 | "
         "FID validation | KID validation x1e3 |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         kid = row["kid"] * 1e3 if row["kid"] is not None else None
         kid_validation = row["kid_validation"]
         kid_validation = kid_validation * 1e3 if kid_validation is not None else None
         print(
-            f"| {row['recipe']} | {row['width']} | {row['batch']} | {row['cpu_minutes']:g} | "
-            f"{row['steps']} | {row['images']:,} | "
-            f"{row['gflops']:.0f} ({100 * row['gflops'] / peak:.0f}%) | "
-            f"{row['train_seconds']:.0f} | {row['sampling_steps']} | "
+            f"| {row['recipe']} | {row['width']} | {row['batch']} | {row['cpu_minutes']:.1f} | "
+            f"{row['steps']} | {row['images']:,} | {row['train_seconds']:.0f} | "
+            f"{row['images'] / row['train_seconds']:.1f} | {row['peak']:.0f} | "
+            f"{row['gflops']:.0f} ({100 * row['gflops'] / row['peak']:.0f}%) | "
+            f"{row['sampling_steps']} | "
             f"{row['sample_seconds']:.1f} | {show(row['fid'], '{:.1f}')} | {show(kid, '{:.1f}')} | "
             f"{show(row['fid_validation'], '{:.1f}')} | {show(kid_validation, '{:.1f}')} |"
         )
-    for baseline in ("classic", "v1"):
+    for baseline in ("classic", "v1", "v2"):
         reference = {
             row["sampling_steps"]: row for row in rows if row["recipe"] == baseline and row["fid"]
         }

@@ -86,3 +86,23 @@ def test_bad_inputs_are_one_line_errors_that_name_the_argument(tmp_path, capsys)
     assert fid.main([str(tmp_path / "missing.npz"), str(floats)]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "GEN" in error and "no such file" in error
+
+
+def test_reference_features_are_computed_once_per_image_set_with_a_cache(tmp_path, monkeypatch):
+    calls = []
+
+    def features(images, network):
+        calls.append(len(images))
+        return images.reshape(len(images), -1)[:, :8].astype(np.float64) + len(calls)
+
+    monkeypatch.setattr(fid, "inception_features", features)
+    images = np.random.default_rng(0).integers(0, 255, (6, 32, 32, 3), dtype=np.uint8)
+    first = fid.cached_features(images, None, str(tmp_path / "cache"))
+    again = fid.cached_features(images.copy(), None, str(tmp_path / "cache"))
+    np.testing.assert_array_equal(first, again)
+    assert calls == [6]  # the second set has the same pixels: read back, not recomputed
+    fid.cached_features(images[:5], None, str(tmp_path / "cache"))
+    assert calls == [6, 5]
+    assert len(os.listdir(tmp_path / "cache")) == 2  # no partial files left behind
+    fid.cached_features(images, None, None)
+    assert calls == [6, 5, 6]  # without a folder nothing is kept
