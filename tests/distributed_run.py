@@ -1,6 +1,9 @@
 """Run by test_distribute.py in its own process: TensorFlow's devices are set before it starts.
 
-python tests/distributed_run.py mirrored   # prints JSON: single device vs 2 replicas
+python tests/distributed_run.py WEIGHTS_DIR DATA.npz   # prints one line of JSON
+
+On 2 logical CPU devices: a single device against 2 mirrored replicas, then one
+run folder trained on 2 replicas, then 1, then 2 again.
 """
 
 import json
@@ -42,28 +45,22 @@ def train_steps(strategy, steps=3):
 
 
 def compare_mirrored():
-    split_cpu(2)
     single = train_steps(tf.distribute.get_strategy())
     mirrored = train_steps(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
     weight_difference = max(float(np.abs(a - b).max()) for a, b in zip(single[1], mirrored[1]))
     average_difference = max(float(np.abs(a - b).max()) for a, b in zip(single[2], mirrored[2]))
     moved = max(float(np.abs(a).max()) for a in single[1])
-    print(
-        json.dumps(
-            {
-                "replicas": [single[3], mirrored[3]],
-                "losses": [single[0], mirrored[0]],
-                "weight_difference": weight_difference,
-                "ema_difference": average_difference,
-                "largest_weight": moved,
-            }
-        )
-    )
+    return {
+        "replicas": [single[3], mirrored[3]],
+        "losses": [single[0], mirrored[0]],
+        "weight_difference": weight_difference,
+        "ema_difference": average_difference,
+        "largest_weight": moved,
+    }
 
 
 def portable(weights_dir, data):
-    """2 replicas, then 1, then 2 again, in one folder; prints the steps reached."""
-    split_cpu(2)
+    """2 replicas, then 1, then 2 again, in one folder; the steps reached."""
     from conftest import tiny_settings
 
     from tf_diffusion import commands
@@ -79,8 +76,9 @@ def portable(weights_dir, data):
                 quiet=True,
             )
         )
-    print(json.dumps({"reached": reached}))
+    return {"reached": reached}
 
 
 if __name__ == "__main__":
-    {"mirrored": compare_mirrored, "portable": portable}[sys.argv[1]](*sys.argv[2:])
+    split_cpu(2)
+    print(json.dumps({**compare_mirrored(), **portable(*sys.argv[1:3])}))

@@ -44,21 +44,19 @@ def assert_predict_samples_on_one_device(tmp_path):
     assert np.load(tmp_path / "s.npz")["x"].shape == (4, 32, 32, 3)
 
 
-def test_mirrored_on_two_logical_cpus_matches_one_device():
-    _, report = run_helper("mirrored")
+def test_mirrored_on_two_logical_cpus_matches_one_device_and_a_run_moves_between_them(
+    tmp_path, npz_path
+):
+    output, report = run_helper(tmp_path / "run", npz_path)
     assert report["replicas"] == [1, 2]
     single, mirrored = report["losses"]
     np.testing.assert_allclose(single, mirrored, rtol=1e-5)
     assert single[-1] < single[0]  # it trained
     assert report["weight_difference"] < 1e-4 * report["largest_weight"]
     assert report["ema_difference"] < 1e-4 * report["largest_weight"]
-
-
-def test_checkpoints_move_between_two_replicas_and_one(tmp_path, npz_path):
-    output, report = run_helper("portable", tmp_path / "run", npz_path)
+    # One folder: 2 replicas to step 2, 1 device to 3, 2 replicas again to 4.
     assert report["reached"] == [2, 3, 4]
     assert "Resuming from step 2" in output and "Resuming from step 3" in output
-    assert_predict_samples_on_one_device(tmp_path)
 
 
 def free_ports(count):
