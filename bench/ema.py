@@ -1,16 +1,16 @@
 #!/usr/bin/env python3
-"""Would a longer average of the weights sample better? FID of one run's weights, three ways.
+"""Which average of the weights samples best? FID of each EMA a run keeps, on the same weights.
 
-    python bench/ema.py --weights-dir runs/quality/default --num 500
+    python bench/ema.py --weights-dir runs/hour/default --num 1000
 
-From the newest checkpoint of a run: the EMA weights it samples with, the raw
-trained weights, and the mean of the EMA weights of its oldest and newest kept
-checkpoints (a longer average than the EMA). Each samples `--num` images from
-the same noise with the run's sampler (or `--sampler`, `--sampling-steps`),
-and `bench/fid.py` (FID and KID on the standard FID Inception network, run
-with --fid-python or $FID_PYTHON) scores them against the images trained on
-(train-split.npz beside the run if bench/quality.py left one, else the run's
---data and --label).
+From the newest checkpoint of a run: the raw trained weights and every EMA
+it keeps (`--ema-decay` and `--more-ema-decays`, what `predict.py --ema`
+chooses from). Each samples `--num` images from the same noise with the
+run's sampler (or `--sampler`, `--sampling-steps`), and `bench/fid.py` (FID
+and KID on the standard FID Inception network, run with --fid-python or
+$FID_PYTHON) scores them against the images trained on (train-split.npz
+beside the run if bench/quality.py left one, else the run's --data and
+--label) and against validation-split.npz when it is there.
 """
 
 import argparse
@@ -47,27 +47,26 @@ def parse_arguments():
 
 
 def weight_sets(weights_dir):
-    """{name: (model, description)} for the EMA, the raw and the averaged EMA weights."""
-    import tensorflow as tf
+    """The run's config and {name: (model, description)}: the trained weights, then each EMA."""
+    from tf_diffusion.checkpoint import load_sampling_checkpoint
 
-    from tf_diffusion.checkpoint import checkpoint_step, load_sampling_checkpoint
-    from tf_diffusion.model import make_model
+    config, raw_model, step = load_sampling_checkpoint(weights_dir, "none")
+    models = {"none": (raw_model, f"trained weights at step {step}")}
+    for decay in config.emas:
+        _, model, _ = load_sampling_checkpoint(weights_dir, f"{decay:g}")
+        sampling = " (the run samples with it)" if decay == config.ema_decay else ""
+        # Until (1 + step) / (10 + step) reaches the decay, an EMA averages a ninth of the steps.
+        warming_up = step * (1 - decay) <= 9
+        length = (10 + step) / 9 if warming_up else 1 / (1 - decay)
+        length = f"about {length:,.0f} steps{' (still warming up)' if warming_up else ''}"
+        models[f"{decay:g}"] = (model, f"EMA {decay:g}, {length}{sampling}")
+    return config, models
 
-    config, ema_model, step = load_sampling_checkpoint(weights_dir)
-    _, raw_model, _ = load_sampling_checkpoint(weights_dir, ema_decay=0.0)
-    paths = tf.train.get_checkpoint_state(weights_dir).all_model_checkpoint_paths
-    oldest = min(paths, key=checkpoint_step)
-    oldest_ema = make_model(config)
-    tf.train.Checkpoint(ema_model=oldest_ema).restore(oldest).expect_partial()
-    averaged = make_model(config)
-    averaged.set_weights(
-        [(old + new) / 2 for old, new in zip(oldest_ema.get_weights(), ema_model.get_weights())]
-    )
-    return config, {
-        "ema": (ema_model, f"EMA ({config.ema_decay}) at step {step}"),
-        "raw": (raw_model, f"trained weights at step {step}"),
-        "mean": (averaged, f"mean of the EMA at steps {checkpoint_step(oldest)} and {step}"),
-    }
+
+def fid_and_kid(scores):
+    """Two table cells, FID and KID x1e3, empty where there is no score."""
+    fid, kid = quality.number(scores, "fid"), quality.number(scores, "kid")
+    return quality.show(fid, "{:.1f}"), quality.show(None if kid is None else 1e3 * kid, "{:.1f}")
 
 
 def main():
@@ -88,17 +87,19 @@ def main():
         f"seed {arguments.seed}, {config.sampler} {config.sampling_steps} steps, "
         f"vs {arguments.reference}"
     )
-    print("| weights | FID | KID x1e3 |\n|---|---|---|")
+    validation = quality.beside_run(arguments.weights_dir, "validation-split.npz")
+    print(
+        "| predict.py --ema | weights | FID | KID x1e3 | FID validation | KID validation x1e3 |\n"
+        "|---|---|---|---|---|---|"
+    )
     for name, (model, description) in models.items():
-        npz = os.path.join(arguments.out_dir, f"{name}.npz")
+        npz = os.path.join(arguments.out_dir, f"ema-{name}.npz")
         save_npz(to_uint8(predict(model, config, arguments.num, arguments.seed)), npz)
-        scores = quality.score(npz, arguments, log, reference=arguments.reference)
-        kid = quality.number(scores, "kid")
-        print(
-            f"| {description} | {quality.show(quality.number(scores, 'fid'), '{:.1f}')} | "
-            f"{quality.show(None if kid is None else 1e3 * kid, '{:.1f}')} |",
-            flush=True,
+        on_train, on_validation = quality.score_both(
+            npz, arguments, log, arguments.reference, validation
         )
+        cells = [cell for scores in (on_train, on_validation) for cell in fid_and_kid(scores)]
+        print(f"| {name} | {description} | {' | '.join(cells)} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
     python bench/speed.py --recipes v1,default  # each recipe's training step, % of peak
     python bench/speed.py --recipes default --precision float32,mixed_bfloat16  # and each policy
     python bench/speed.py --gpu                 # on a GPU: the table to send (see the README)
+    python bench/speed.py --threads             # train.py's default run: how it uses the cores
 
 Both sides use the same model width and batch, in one process:
 (a) the reference: the classic notebook's loop, `model.train_on_batch` on
@@ -16,6 +17,15 @@ Both sides use the same model width and batch, in one process:
 The achieved GFLOP/s come from the model's multiply-adds counted layer by
 layer (a training step is taken as 3x the forward pass), against a 4096^2
 float32 `tf.matmul` measured in the same run.
+
+`--threads` instead times the default recipe's training step as train.py
+runs it (its batch, its precision), against the ways of using the cores it
+could take instead: TensorFlow's own threads (the v2 recipe's), one replica
+per core through `tf.distribute` on logical CPU devices, a larger batch, and
+two single-thread runs side by side (what bench/quality.py's CPU-minutes
+are). Each is its own process, since TensorFlow's threads are set once per
+process; the variants take turns for `--rounds` rounds, and the table gives
+each one's median.
 
 `--gpu` instead times the default recipe's training step on the GPU at
 batches 8, 32, 128 and 512, in float32 and in the mixed precision that
@@ -29,6 +39,7 @@ never measured against. Each cell builds its own trainer, is warmed up once
 import argparse
 import gc
 import json
+import math
 import os
 import re
 import subprocess
@@ -42,7 +53,7 @@ sys.path.insert(0, REPOSITORY)
 def parse_arguments():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--width", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, help="default 128; with --recipes the recipe's")
     parser.add_argument(
         "--steps", type=int, help="timed training steps per side (default 6; with --gpu 20)"
     )
@@ -70,12 +81,23 @@ def parse_arguments():
         help="instead: the default recipe's training img/s on this GPU at batches 8-512, float32 "
         "against its mixed precision, XLA off and on, and sampling; the table to send",
     )
+    parser.add_argument(
+        "--threads",
+        action="store_true",
+        help="instead: train.py's default run against other ways of using the CPU's cores, each "
+        "in its own process, taking turns; images/s and %% of the matmul peak",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="with --threads: turns each")
     parser.add_argument("--only-project-training", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--op-threads", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--replicas", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--intra-op", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--inter-op", type=int, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
+    if arguments.batch_size is None and not arguments.recipes:
+        arguments.batch_size = 128
     if arguments.steps is None:
-        arguments.steps = 20 if arguments.gpu else 6
+        arguments.steps = 20 if arguments.gpu else 100 if arguments.threads else 6
     return arguments
 
 
@@ -158,13 +180,16 @@ def reference_side(config, images, arguments, np, keras):
     return model, train_once, sample
 
 
-def project_side(config, images, arguments, tf):
+def project_side(config, images, arguments, tf, strategy=None):
     from tf_diffusion.data import make_dataset
     from tf_diffusion.sampling import Sampler
     from tf_diffusion.training import Trainer
 
-    trainer = Trainer(config)
-    iterator = iter(make_dataset(images, config.batch_size, config.timesteps, config.seed))
+    trainer = Trainer(config, strategy)
+    dataset = make_dataset(images, config.batch_size, config.timesteps, config.seed)
+    if strategy is not None:
+        dataset = strategy.experimental_distribute_dataset(dataset)
+    iterator = iter(dataset)
 
     def train_once():
         float(trainer.train_one(*next(iterator)))
@@ -205,6 +230,130 @@ def recipes_mode(arguments, images, tf):
             f"| {recipe} | {config.precision} | {config.width} | {config.batch_size} | "
             f"{parameters:,} | {images_per_second:.1f} | {images_per_second / rows[0][3]:.2f} | "
             f"{gflops:.0f} | {100 * gflops / peak:.0f}% |"
+        )
+
+
+def threads_variants(config):
+    """(name, flags of a child process, how many side by side) for `--threads`."""
+    batch, cores = config.batch_size, os.cpu_count()
+    variants = [
+        (f"train.py now: batch {batch}, {config.op_threads} thread per op", [], 1),
+        (f"v2 (train.py before): batch {batch}, TensorFlow's threads", ["--op-threads", "0"], 1),
+        (
+            f"{cores} replicas (tf.distribute, logical CPUs), batch {cores} x {batch}, "
+            "1 thread per op",
+            ["--replicas", str(cores), "--batch-size", str(cores * batch)],
+            1,
+        ),
+        (f"batch {2 * batch}, 1 thread per op", ["--batch-size", str(2 * batch)], 1),
+        (
+            f"batch {2 * batch}, TensorFlow's threads",
+            ["--batch-size", str(2 * batch)] + ["--op-threads", "0"],
+            1,
+        ),
+    ]
+    if cores > 1:
+        variants.append(
+            (
+                f"{cores} runs side by side, batch {batch}, 1 thread each (their sum)",
+                ["--op-threads", "1", "--inter-op", "1"],
+                cores,
+            )
+        )
+    return variants
+
+
+def threads_child(arguments, flags, copies):
+    """Start `copies` child processes at once; their summed images/s, or None if one failed."""
+    command = [
+        sys.executable,
+        __file__,
+        "--only-project-training",
+        "--recipes",
+        "default",
+        "--steps",
+        str(arguments.steps),
+        *flags,
+    ]
+    children = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(copies)
+    ]
+    total = 0.0
+    for child in children:
+        output, errors = child.communicate()
+        try:
+            total += json.loads(output.strip().splitlines()[-1])["images_per_second"]
+        except (IndexError, ValueError, KeyError):
+            print(f"failed: {' '.join(flags)}: {errors.strip().splitlines()[-1:]}", flush=True)
+            return None
+    return total
+
+
+def threads_run(arguments, images, tf):
+    """One process of `--threads`: the recipe's step with its threads, as train.py sets them."""
+    from tf_diffusion.config import Config
+    from tf_diffusion.training import use_cores
+
+    settings = {"batch_size": arguments.batch_size} if arguments.batch_size else {}
+    if arguments.op_threads is not None:
+        settings["op_threads"] = arguments.op_threads
+    config = Config.for_recipe(arguments.recipes, **settings)
+    use_cores(config.op_threads)
+    strategy = None
+    if arguments.replicas > 1:
+        (cpu,) = tf.config.list_physical_devices("CPU")
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * arguments.replicas
+        )
+        strategy = tf.distribute.MirroredStrategy(
+            [f"/cpu:{index}" for index in range(arguments.replicas)]
+        )
+    _, train_once, _ = project_side(config, images, arguments, tf, strategy)
+    for _ in range(4):  # beyond timed()'s one: the first steps after tracing are slow
+        train_once()
+    seconds = timed(train_once, arguments.steps)
+    print(json.dumps({"images_per_second": config.batch_size / seconds}))
+
+
+def threads_mode(arguments, tf):
+    """train.py's default run against other ways to use the cores, side by side, in turns."""
+    import statistics
+
+    from tf_diffusion.config import Config
+    from tf_diffusion.model import make_model
+    from tf_diffusion.training import training_precision
+
+    config = Config.for_recipe("default")
+    training_flops = 3 * forward_flops(make_model(config))
+    peak_before = matmul_peak(tf)
+    variants = threads_variants(config)
+    speeds = {name: [] for name, _, _ in variants}
+    for _ in range(arguments.rounds):
+        for name, flags, copies in variants:
+            speed = threads_child(arguments, flags, copies)
+            if speed is not None:
+                speeds[name].append(speed)
+    peak_after = matmul_peak(tf)
+    print(f"bench/speed.py  {' '.join(sys.argv[1:])}")
+    print(f"machine: {machine(tf)}")
+    print(
+        f"tf.matmul 4096x4096 float32 peak, all cores: {peak_before:.0f} GFLOP/s before, "
+        f"{peak_after:.0f} after; default recipe, {training_precision(config.precision)}, "
+        f"{arguments.steps} timed steps a process, median of {arguments.rounds} turns"
+    )
+    print(
+        "| how the cores are used | training img/s | × train.py now | GFLOP/s | % of peak | turns |"
+    )
+    print("|---|---|---|---|---|---|")
+    first = statistics.median(speeds[variants[0][0]] or [math.nan])
+    for name, _, _ in variants:
+        value = statistics.median(speeds[name] or [math.nan])
+        gflops = value * training_flops / 1e9
+        turns = ", ".join(f"{speed:.1f}" for speed in speeds[name])
+        print(
+            f"| {name} | {value:.1f} | {value / first:.2f} | {gflops:.0f} | "
+            f"{100 * gflops / peak_before:.0f}% | {turns} |"
         )
 
 
@@ -424,6 +573,12 @@ def main():
     images = np.random.default_rng(0).integers(0, 255, (1000, 32, 32, 3), dtype=np.uint8)
     if arguments.gpu:
         raise SystemExit(gpu_mode(arguments, images, tf))
+    if arguments.threads:
+        threads_mode(arguments, tf)
+        return
+    if arguments.only_project_training and arguments.recipes:  # a process of --threads
+        threads_run(arguments, images, tf)
+        return
     if arguments.recipes:
         recipes_mode(arguments, images, tf)
         return

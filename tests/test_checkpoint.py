@@ -10,12 +10,13 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPOSITORY, tiny_config, tiny_flags, tiny_settings
+from conftest import REPOSITORY, synthetic_images, tiny_config, tiny_flags, tiny_settings
 
 from tf_diffusion import commands
-from tf_diffusion.checkpoint import CheckpointStore, resolve_config
+from tf_diffusion.checkpoint import CheckpointStore, load_for_sampling, resolve_config
 from tf_diffusion.cli import check_folder_path
 from tf_diffusion.config import Config, UsageError
+from tf_diffusion.data import scale_images
 from tf_diffusion.files import load_config
 from tf_diffusion.lock import RunLock
 from tf_diffusion.training import Trainer
@@ -24,6 +25,24 @@ from tf_diffusion.training import Trainer
 def train(weights_dir, npz_path, max_steps, **settings):
     overrides = tiny_settings(data=npz_path, max_steps=max_steps, **settings)
     return commands.train(str(weights_dir), None, overrides, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def two_steps(tmp_path_factory):
+    """A tiny run trained to step 2, saved at steps 1 and 2, and its data. Tests take a copy."""
+    folder = tmp_path_factory.mktemp("two-steps")
+    data = str(folder / "cars.npz")
+    np.savez(data, x=synthetic_images())
+    train(folder / "run", data, 2, save_every=1)
+    return folder / "run", data
+
+
+@pytest.fixture
+def run_at_2(two_steps, tmp_path):
+    """A copy of the `two_steps` run in tmp_path/run, and its data."""
+    source, data = two_steps
+    shutil.copytree(source, tmp_path / "run")
+    return tmp_path / "run", data
 
 
 def checkpoint_tensors(path):
@@ -63,57 +82,42 @@ def run_train(weights_dir, npz_path, max_steps, *extra):
     return result.stdout
 
 
-def test_interrupted_runs_end_exactly_where_a_straight_run_ends(tmp_path, npz_path):
-    # One straight run to 6 steps that also saves at step 4 (saving changes nothing), and
-    # the same command stopped and resumed twice: 3 steps, then 1, then 2. --stop-at
-    # interrupts without touching --max-steps, which the default's rate decays to.
-    run_train(tmp_path / "straight", npz_path, 6, "--save-every=4")
-    straight = checkpoint_tensors(tmp_path / "straight" / "ckpt-6")
-    folder = tmp_path / "3+1+2"
-    reached = 0
-    for piece in (3, 1, 2):
-        output = run_train(folder, npz_path, 6, f"--stop-at={reached + piece}")
-        if reached:
-            assert f"Resuming from step {reached}" in output
-        reached += piece
-    resumed = checkpoint_tensors(folder)
-    assert_same_tensors(straight, resumed)
-    iterations = [name for name in resumed if "iterations" in name]
-    assert iterations and all(resumed[name] == reached for name in iterations)
-
-
-def test_max_minutes_ends_the_session_saved_and_it_resumes_exactly(tmp_path, npz_path):
-    # The budget stops training by the clock, but the rate schedule is a function of the
-    # step alone: the stopped run, resumed, meets a straight run at the same step.
-    budget = tmp_path / "budget"
+def test_sessions_ended_by_the_clock_and_by_step_end_exactly_where_a_straight_run_ends(
+    tmp_path, npz_path, capsys
+):
+    """Three train.py sessions, each a real restart, in bfloat16 as this CPU trains by default:
+    the first ends by --max-minutes, the others by --stop-at. Neither touches --max-steps, which
+    the default's rate decays to, so they meet a straight run (which also saves on the way,
+    and saving changes nothing) at the same step, bit for bit."""
+    bfloat16 = "--precision=mixed_bfloat16"
+    pieces = tmp_path / "pieces"
     started = time.monotonic()
-    output = run_train(budget, npz_path, 100000, "--max-minutes=0.1")
+    output = run_train(pieces, npz_path, 100000, "--max-minutes=0.1", bfloat16)
     assert time.monotonic() - started > 6  # at least the 6 s of training it was given
     stopped = re.search(r"Stopped after --max-minutes 0.1: step (\d+) saved in ", output)
     assert stopped, output
     reached = int(stopped[1])
-    assert reached > 0 and f"ckpt-{reached}.index" in os.listdir(budget)
-    with open(budget / "config.json") as file:
+    assert reached > 0 and f"ckpt-{reached}.index" in os.listdir(pieces)
+    output = run_train(pieces, npz_path, 100000, f"--stop-at={reached + 1}", bfloat16)
+    assert (
+        f"Resuming from step {reached} (ckpt-{reached}) in {pieces}, mixed_bfloat16, 1 " in output
+    )
+    with open(pieces / "config.json") as file:
         assert json.load(file)["max_steps"] == 100000  # the schedule's end is untouched
-    output = run_train(budget, npz_path, 100000, f"--stop-at={reached + 2}")
-    assert f"Resuming from step {reached}" in output
-    run_train(tmp_path / "straight", npz_path, 100000, f"--stop-at={reached + 2}")
-    straight = checkpoint_tensors(tmp_path / "straight" / f"ckpt-{reached + 2}")
-    assert_same_tensors(straight, checkpoint_tensors(budget))
+    settings = tiny_settings(data=npz_path, max_steps=100000, precision="mixed_bfloat16")
+    assert commands.train(str(pieces), None, settings, stop_at=reached + 1) == reached + 1
+    assert f"Already at step {reached + 1}, which reaches --stop-at" in capsys.readouterr().out
+    run_train(pieces, npz_path, 100000, f"--stop-at={reached + 3}", bfloat16)
+    straight = tmp_path / "straight"
+    run_train(straight, npz_path, 100000, f"--stop-at={reached + 3}", "--save-every=2", bfloat16)
+    resumed = checkpoint_tensors(pieces)
+    assert_same_tensors(checkpoint_tensors(straight / f"ckpt-{reached + 3}"), resumed)
+    iterations = [name for name in resumed if "iterations" in name]
+    assert iterations and all(resumed[name] == reached + 3 for name in iterations)
+    assert not any(name.startswith("loss_scale/") for name in resumed)  # bfloat16: no scaling
 
 
-def test_stop_at_ends_the_session_but_keeps_max_steps(tmp_path, npz_path, capsys):
-    settings = tiny_settings(data=npz_path, max_steps=4)
-    assert commands.train(str(tmp_path), None, settings, quiet=True, stop_at=2) == 2
-    with open(tmp_path / "config.json") as file:
-        assert json.load(file)["max_steps"] == 4
-    assert commands.train(str(tmp_path), None, settings, quiet=True, stop_at=2) == 2
-    assert "Already at step 2, which reaches --stop-at 2" in capsys.readouterr().out
-    assert commands.train(str(tmp_path), None, settings, quiet=True, stop_at=9) == 4
-
-
-def test_resume_keeps_saved_settings_and_rejects_changed_ones(tmp_path, npz_path):
-    train(tmp_path / "run", npz_path, 1, learning_rate=2e-3)
+def test_resume_keeps_saved_settings_and_rejects_changed_ones(tmp_path, run_at_2):
     config, resumed, _ = resolve_config(str(tmp_path / "run"), overrides={"max_steps": 9})
     assert resumed and config.learning_rate == 2e-3 and config.width == 8 and config.max_steps == 9
     with pytest.raises(UsageError) as error:
@@ -125,8 +129,7 @@ def test_resume_keeps_saved_settings_and_rejects_changed_ones(tmp_path, npz_path
         resolve_config(str(tmp_path / "run"), recipe="classic")
 
 
-def test_fresh_moves_the_old_run_aside(tmp_path, npz_path):
-    train(tmp_path / "run", npz_path, 1)
+def test_fresh_moves_the_old_run_aside(tmp_path, run_at_2):
     before = sorted(os.listdir(tmp_path / "run"))
     config, resumed, moved_to = resolve_config(
         str(tmp_path / "run"), overrides={"width": 16}, fresh=True
@@ -136,9 +139,8 @@ def test_fresh_moves_the_old_run_aside(tmp_path, npz_path):
     assert not os.path.exists(tmp_path / "run")
 
 
-def test_unreadable_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, npz_path, capsys):
-    run = tmp_path / "run"
-    train(run, npz_path, 2, save_every=1)
+def test_unreadable_newest_checkpoint_falls_back_to_the_previous_one(run_at_2, capsys):
+    run, npz_path = run_at_2
     state = tf.train.get_checkpoint_state(str(run))
     assert [os.path.basename(path) for path in state.all_model_checkpoint_paths] == [
         "ckpt-1",
@@ -154,9 +156,8 @@ def test_unreadable_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, n
     assert any(name.startswith("unreadable-ckpt-2") for name in os.listdir(run))
 
 
-def test_a_half_written_save_is_invisible(tmp_path, npz_path):
-    run = tmp_path / "run"
-    train(run, npz_path, 2)
+def test_a_half_written_save_is_invisible(run_at_2):
+    run, npz_path = run_at_2
     # What a kill in the middle of the next save leaves: data without index or pointer.
     (run / "ckpt-3.data-00000-of-00001.tempstate123").write_bytes(b"partial")
     (run / "ckpt-3.data-00000-of-00001").write_bytes(b"partial")
@@ -164,9 +165,8 @@ def test_a_half_written_save_is_invisible(tmp_path, npz_path):
     assert os.path.basename(tf.train.latest_checkpoint(str(run))) == "ckpt-4"
 
 
-def test_failed_save_keeps_the_last_good_checkpoint(tmp_path, npz_path, monkeypatch):
-    run = tmp_path / "run"
-    train(run, npz_path, 2)
+def test_failed_save_keeps_the_last_good_checkpoint(run_at_2, monkeypatch):
+    run, npz_path = run_at_2
     before = {
         name: (run / name).read_bytes() for name in os.listdir(run) if name.startswith("ckpt")
     }
@@ -200,11 +200,11 @@ def test_weights_dir_that_is_a_file_is_a_usage_error(tmp_path):
         check_folder_path("weights_dir", str(path))
 
 
-def test_config_is_saved_beside_the_checkpoint(tmp_path, npz_path):
-    train(tmp_path / "run", npz_path, 1)
-    with open(tmp_path / "run" / "config.json") as file:
+def test_config_is_saved_beside_the_checkpoint(run_at_2):
+    run, npz_path = run_at_2
+    with open(run / "config.json") as file:
         saved = json.load(file)
-    assert Config.from_dict(saved) == load_config(str(tmp_path / "run"))
+    assert Config.from_dict(saved) == load_config(str(run))
     assert saved["width"] == 8 and saved["data"] == npz_path
 
 
@@ -233,14 +233,14 @@ def test_a_run_in_a_relative_folder_resumes(tmp_path, monkeypatch):
     assert int(step.numpy()) == 3
 
 
-@pytest.mark.parametrize("precision", ["--mixed-precision", "--precision=mixed_bfloat16"])
-def test_mixed_precision_runs_resume_exactly_loss_scale_included(tmp_path, npz_path, precision):
-    """The exact-resume check above for mixed-precision runs (which run on CPU too).
+def test_a_float16_run_resumes_exactly_loss_scale_included(tmp_path, npz_path):
+    """The exact-resume check above for a float16 run (which runs on CPU too).
 
     The run interrupted after step 1 is the straight run's folder cut back to
     ckpt-1: what a run stopped there leaves (saving changes nothing), for one
     process less. `--mixed-precision` is `--precision mixed_float16`.
     """
+    precision = "--mixed-precision"
     straight = tmp_path / "straight"
     run_train(straight, npz_path, 2, "--save-every=1", precision)
     interrupted = tmp_path / "interrupted"
@@ -252,20 +252,16 @@ def test_mixed_precision_runs_resume_exactly_loss_scale_included(tmp_path, npz_p
         'model_checkpoint_path: "ckpt-1"\nall_model_checkpoint_paths: "ckpt-1"\n'
     )
     output = run_train(interrupted, npz_path, 2, precision)
-    policy = {"--mixed-precision": "mixed_float16"}.get(precision, "mixed_bfloat16")
-    assert f"Resuming from step 1 (ckpt-1) in {interrupted}, {policy}\n" in output
+    assert f"Resuming from step 1 (ckpt-1) in {interrupted}, mixed_float16, 1 thread" in output
     straight_1 = checkpoint_tensors(straight / "ckpt-1")
     straight_2 = checkpoint_tensors(straight / "ckpt-2")
     resumed = checkpoint_tensors(interrupted)
     assert_same_tensors(straight_2, resumed)
     scale, finite_steps = (f"loss_scale/{name}/.ATTRIBUTES/VARIABLE_VALUE" for name in LOSS_SCALE)
-    if precision == "--mixed-precision":
-        assert straight_1[scale] == resumed[scale] == 2.0**15
-        # The count of finite steps decides when the scale grows; a restarted one would be 1.
-        assert (straight_1[finite_steps], resumed[finite_steps]) == (1, 2)
-    else:  # bfloat16 keeps float32's range: nothing to scale
-        assert scale not in resumed
-    assert json.loads((straight / "config.json").read_text())["precision"] == policy
+    assert straight_1[scale] == resumed[scale] == 2.0**15
+    # The count of finite steps decides when the scale grows; a restarted one would be 1.
+    assert (straight_1[finite_steps], resumed[finite_steps]) == (1, 2)
+    assert json.loads((straight / "config.json").read_text())["precision"] == "mixed_float16"
 
 
 LOSS_SCALE = ("dynamic_scale", "step_counter")
@@ -309,3 +305,33 @@ def test_a_reader_starts_again_when_the_run_pruned_what_it_was_reading(tmp_path,
     path = CheckpointStore(str(tmp_path), {"step": step}).restore(expect_partial=True, reader=True)
     assert path == str(tmp_path / "ckpt-4") and int(step.numpy()) == 4
     assert sorted(os.listdir(tmp_path)) == before  # a reader moves nothing
+
+
+def test_every_kept_ema_averages_at_its_own_decay_and_predict_picks_one_by_name(tmp_path):
+    # Caps of 0.1 and 0.2 bind from the first steps, where (1 + step) / (10 + step) is 0.1-0.25.
+    config = tiny_config(ema_decay=0.2, more_ema_decays="0.1", learning_rate=1e-2)
+    config = config.replace(weights_dir=str(tmp_path / "run"))
+    trainer = Trainer(config)
+    images = scale_images(synthetic_images(4))
+    expected = {decay: [w.numpy() for w in trainer.model.weights] for decay in (0.1, 0.2)}
+    for step in range(3):
+        trainer.train_one(images)
+        for most, averages in expected.items():
+            decay = min(most, (1 + step + 1) / (10 + step + 1))
+            for index, weight in enumerate(trainer.model.weights):
+                averages[index] = decay * averages[index] + (1 - decay) * weight.numpy()
+    assert list(config.emas) == [0.2, 0.1]
+    for decay, averages in expected.items():
+        kept = trainer.ema_models[decay].weights
+        for average, weight in zip(averages, kept):
+            np.testing.assert_allclose(weight.numpy(), average, rtol=1e-5, atol=1e-6)
+    CheckpointStore(config.weights_dir, trainer.trackables()).save(trainer.step, config)
+
+    for ema, weights in [(None, trainer.ema_models[0.2]), ("0.1", trainer.ema_models[0.1])]:
+        _, model = load_for_sampling(config.weights_dir, ema)
+        for loaded, saved in zip(model.weights, weights.weights):
+            np.testing.assert_array_equal(loaded.numpy(), saved.numpy())
+    _, model = load_for_sampling(config.weights_dir, "none")  # the trained weights
+    np.testing.assert_array_equal(model.weights[0].numpy(), trainer.model.weights[0].numpy())
+    with pytest.raises(UsageError, match=r"^`ema` 0.5: the run keeps no such EMA; .*0.2, 0.1, or"):
+        load_for_sampling(config.weights_dir, "0.5")

@@ -50,6 +50,7 @@ def test_train_resume_and_predict(tmp_path, npz_path):
     )
     assert first.returncode == 0, first.stderr
     assert "Starting a new 'default' run" in first.stdout and "step 4/4" in first.stdout
+    assert "1 thread per op" in first.stdout  # the cores run independent ops side by side
     assert (weights / "config.json").exists() and (weights / "ckpt-4.index").exists()
     assert (weights / "samples-step-0000004.png").exists()
 
@@ -219,8 +220,9 @@ def run_without_tensorflow(tmp_path, script, *arguments):
         (["--num", "0"], ["--num must be at least 1"]),
         (["--grid", "4by4"], ["--grid '4by4'"]),
         (["--evaluate", "--data", "missing.npz"], ["--data missing.npz: no such file"]),
+        (["--ema", "0.9999"], ["--ema 0.9999: the run keeps no such EMA", "0.999, or none"]),
     ],
-    ids=["steps-0", "steps-5000", "num-0", "grid", "data"],
+    ids=["steps-0", "steps-5000", "num-0", "grid", "data", "ema"],
 )
 def test_predict_reports_bad_arguments_before_tensorflow_loads(tmp_path, arguments, fragments):
     run_folder = tmp_path / "run"

@@ -233,19 +233,20 @@ def quarantine(path):
             )
 
 
-def load_for_sampling(directory, **changes):
-    """The config (with predict-time `changes`) and sampling model of the run in `directory`."""
-    config, model, _ = load_sampling_checkpoint(directory, **changes)
+def load_for_sampling(directory, ema=None, **changes):
+    """The config (with predict-time `changes`) and sampling model of the run in `directory`:
+    its `ema_decay`'s weights, or those `ema` names (`Config.weights_name`)."""
+    config, model, _ = load_sampling_checkpoint(directory, ema, **changes)
     return config, model
 
 
-def load_sampling_checkpoint(directory, **changes):
+def load_sampling_checkpoint(directory, ema=None, **changes):
     """`load_for_sampling`, and the step of the checkpoint it restored."""
     config = load_run_config(directory, **changes)
+    name = config.weights_name(ema)
     if not has_checkpoint(directory):
         raise no_checkpoint_error(directory)
     model = make_model(config)
-    name = "ema_model" if config.ema_decay > 0 else "model"
     store = CheckpointStore(directory, {name: model})
     path = store.restore(expect_partial=True, reader=True)
     return config, model, checkpoint_step(path)

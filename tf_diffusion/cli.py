@@ -54,6 +54,8 @@ def describe_default(name):
 def show(value):
     if isinstance(value, bool):
         return "on" if value else "off"
+    if value == "":
+        return "none"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -149,6 +151,12 @@ def predict_parser(description):
     )
     add("--best", action="store_true", help="use the checkpoint with the lowest --track-kid KID")
     add(
+        "--ema",
+        metavar="DECAY",
+        help="sample with this EMA of the weights, one the run keeps (its --ema-decay or "
+        "--more-ema-decays), or none for the trained weights (default: its --ema-decay)",
+    )
+    add(
         "--export",
         metavar="DIR",
         help="instead of sampling, write DIR/generator "
@@ -198,7 +206,7 @@ def check_predict_arguments(arguments):
     if arguments["best"]:
         weights_dir = best_run_directory(weights_dir)
     changes = {name: arguments[name] for name in ("sampling_steps", "sampler", "spacing")}
-    load_run_config(weights_dir, **changes)
+    load_run_config(weights_dir, **changes).weights_name(arguments["ema"])
     if arguments["export"]:
         check_new_folder("export", arguments["export"])
 

@@ -28,6 +28,7 @@ from tf_diffusion.training import (
     fit,
     is_chief,
     make_strategy,
+    use_cores,
     visible_gpus,
 )
 
@@ -70,6 +71,7 @@ def train(
             raise UsageError(  # the workers' clocks would stop them at different steps
                 "`max_minutes` cannot end a multi-worker run; use `stop_at` STEP instead"
             )
+        op_threads = use_cores(config.op_threads) if not gpus else 0  # before TensorFlow runs
         images = load_images(config.data, config.label)
         strategy = make_strategy(config.distribute)
         say = print if is_chief(strategy) else silent
@@ -77,7 +79,7 @@ def train(
         store = CheckpointStore(
             weights_dir, trainer.trackables(), config.keep_checkpoints, lock and lock.beat
         )
-        announce(trainer, store, config, len(images), resumed, say)
+        announce(trainer, store, config, len(images), resumed, op_threads, say)
         if not resumed:
             say_device_defaults(gpus, defaults, settings, config, trainer.precision, say)
         end_step, end_flag = config.max_steps, "--max-steps"
@@ -97,14 +99,15 @@ def silent(*arguments, **keywords):
     """`print` for a worker that is not the chief: only the chief reports."""
 
 
-def announce(trainer, store, config, image_count, resumed, say):
+def announce(trainer, store, config, image_count, resumed, op_threads, say):
     """Restore the newest checkpoint of a resumed run; say what this run is."""
     strategy = trainer.strategy
+    hardware = trainer.precision + (f", {op_threads} thread per op" if op_threads else "")
     if resumed:
         path = store.restore(say=say)
         say(
             f"Resuming from step {trainer.step} ({os.path.basename(path)}) in "
-            f"{config.weights_dir}, {trainer.precision}",
+            f"{config.weights_dir}, {hardware}",
             flush=True,
         )
         return
@@ -113,7 +116,7 @@ def announce(trainer, store, config, image_count, resumed, say):
         f"Starting a new '{config.recipe}' run in {config.weights_dir}: class {config.label} "
         f"({CIFAR10_CLASS_NAMES[config.label]}), {image_count} images, "
         f"{trainer.model.count_params():,} parameters, {replicas} "
-        f"replica{'s' if replicas > 1 else ''}, {trainer.precision}",
+        f"replica{'s' if replicas > 1 else ''}, {hardware}",
         flush=True,
     )
 
@@ -260,6 +263,7 @@ def predict(
     inception_weights="imagenet",
     best=False,
     export=None,
+    ema=None,
 ):
     """Sample `num` images from the run in `weights_dir` and write the requested files.
 
@@ -267,16 +271,17 @@ def predict(
     With `evaluate`, also print FID and KID against as many training images of
     the run's class (from `data`, or the run's own data source). With `best`,
     sample from the checkpoint with the lowest KID that --track-kid kept. With
-    `export`, write the exported model into that folder instead.
+    `export`, write the exported model into that folder instead. `ema` picks
+    the weights (`Config.weights_name`): a decay the run keeps, or "none".
     """
     if export:
         changes = {"sampling_steps": sampling_steps, "sampler": sampler, "spacing": spacing}
-        return export_run(weights_dir, export, best, **changes)
+        return export_run(weights_dir, export, best, ema=ema, **changes)
     if best:
         weights_dir = best_run_directory(weights_dir)
     rows, columns = grid or near_square(num)
     config, model = load_for_sampling(
-        weights_dir, sampling_steps=sampling_steps, sampler=sampler, spacing=spacing
+        weights_dir, ema, sampling_steps=sampling_steps, sampler=sampler, spacing=spacing
     )
     real = load_images(data or config.data, config.label) if evaluate else None
     sampling = Sampler(model, config)

@@ -152,15 +152,15 @@ def save_generator(model, config, path):
     archive.write_out(path, verbose=False)
 
 
-def export_run(weights_dir, directory, best=False, say=print, **changes):
+def export_run(weights_dir, directory, best=False, say=print, ema=None, **changes):
     """Write the generator, `unet.keras` and the model card of the run in `weights_dir`
     (its best checkpoint with `best`) into the new folder `directory`; return its path.
 
     `changes` are predict-time settings (`sampling_steps`, `sampler`, `spacing`):
-    the generator's defaults.
+    the generator's defaults. `ema` picks the weights, as predict.py's --ema.
     """
     source = best_run_directory(weights_dir) if best else weights_dir
-    config, model, step = load_sampling_checkpoint(source, **changes)
+    config, model, step = load_sampling_checkpoint(source, ema, **changes)
     directory = directory.rstrip(os.sep) or directory
     check_new_folder("export", directory)
     parent, name = os.path.split(os.path.abspath(directory))
@@ -172,7 +172,7 @@ def export_run(weights_dir, directory, best=False, say=print, **changes):
     try:
         save_generator(model, config, os.path.join(partial, GENERATOR_FOLDER))
         model.save(os.path.join(partial, KERAS_FILENAME))
-        card = model_card(config, model, step, record_at(weights_dir, step), best)
+        card = model_card(config, model, step, record_at(weights_dir, step), best, ema)
         with open(os.path.join(partial, CARD_FILENAME), "w") as file:
             file.write(card)
         try:
@@ -191,7 +191,7 @@ def export_run(weights_dir, directory, best=False, say=print, **changes):
     return directory
 
 
-def model_card(config, model, step, record=None, best=False):
+def model_card(config, model, step, record=None, best=False, ema=None):
     """The export's README.md: what the model is, how it was trained, and how to use it."""
     class_name = CIFAR10_CLASS_NAMES[config.label]
     if config.data in ("", "tfds"):
@@ -209,7 +209,9 @@ def model_card(config, model, step, record=None, best=False):
             f"{config.spacing}-spaced levels by default (`steps` 0); any `steps` from 1 to "
             f"{config.timesteps}"
         )
-    weights = f"EMA of the weights ({config.ema_decay})" if config.ema_decay > 0 else "trained"
+    name = config.weights_name(ema)
+    decay = next((decay for decay, kept in config.emas.items() if kept == name), None)
+    weights = f"EMA of the weights ({decay:g})" if decay else "trained"
     quality = "not measured at this step (train with `--track-kid N` to measure it)"
     if record:
         quality = (
