@@ -101,7 +101,9 @@ def trained_images(weights_dir, out_dir):
 
 def parse_arguments():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--recipes", default="classic,default")
+    parser.add_argument(
+        "--recipes", default="classic,default", help="comma list; '' for --candidate runs alone"
+    )
     parser.add_argument(
         "--candidate",
         action="append",
@@ -163,7 +165,8 @@ def parse_arguments():
         )
     if arguments.validation_size < 0:
         parser.error(f"--validation-size: {arguments.validation_size} is negative; pass 0 or more")
-    arguments.flags = {recipe: ["--recipe", recipe] for recipe in arguments.recipes.split(",")}
+    recipes = [recipe for recipe in arguments.recipes.split(",") if recipe]  # "": candidates only
+    arguments.flags = {recipe: ["--recipe", recipe] for recipe in recipes}
     for candidate in arguments.candidate:
         name, separator, flags = candidate.partition("=")
         if not separator or not name or not flags or "/" in name or name in arguments.flags:
@@ -172,6 +175,8 @@ def parse_arguments():
                 "e.g. 'batch-16=--recipe default --batch-size 16'"
             )
         arguments.flags[name] = shlex.split(flags)
+    if not arguments.flags:
+        parser.error("--recipes '': give a recipe or a --candidate to train")
     return arguments
 
 
