@@ -57,7 +57,7 @@ def test_train_resume_and_predict(tmp_path, npz_path):
     again = run(
         "train.py",
         "--label",
-        "automobile",
+        "AutoMobile",  # the class of the run, by its name in any case
         "--data",
         npz_path,
         "--weights-dir",
@@ -96,24 +96,11 @@ def test_train_resume_and_predict(tmp_path, npz_path):
         assert gif.n_frames == 5 + 1  # the noise, then one frame per level visited
 
 
-def test_label_names_are_case_insensitive_and_unknown_ones_list_the_choices(tmp_path, npz_path):
+def test_unknown_label_names_list_the_choices():
     result = run("train.py", "--label", "zebra")
     assert_usage_error(result, "--label 'zebra'", "airplane, automobile, bird", "truck")
     assert_usage_error(run("train.py", "--label", "12"), "--label '12'")
-    good = run(
-        "train.py",
-        "--label",
-        "AutoMobile",
-        "--data",
-        npz_path,
-        "--weights-dir",
-        tmp_path / "W",
-        *tiny_flags(),
-        "--max-steps",
-        "1",
-    )
-    assert good.returncode == 0, good.stderr
-    assert "class 1 (automobile)" in good.stdout
+    # A name in any case works: test_train_resume_and_predict resumes with --label AutoMobile.
 
 
 def test_bad_data_is_reported_before_anything_is_written(tmp_path):

@@ -2,19 +2,11 @@ import glob
 import os
 
 import tensorflow as tf
-from conftest import tiny_settings
-
-from tf_diffusion import commands
 
 
-def test_training_writes_scalars_and_sample_images_for_tensorboard(tmp_path, npz_path):
-    commands.train(
-        str(tmp_path / "run"),
-        None,
-        tiny_settings(data=npz_path, max_steps=4, round_steps=2),
-        quiet=True,
-    )
-    event_files = glob.glob(os.path.join(tmp_path, "run", "logs", "events.out.tfevents.*"))
+def test_training_writes_scalars_and_sample_images_for_tensorboard(tracked_run):
+    """The session's tiny run: 4 steps, a round end at steps 2 and 4."""
+    event_files = glob.glob(os.path.join(tracked_run, "logs", "events.out.tfevents.*"))
     assert event_files
     scalars, images = {}, {}
     for path in event_files:
