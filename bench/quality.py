@@ -335,7 +335,8 @@ def score(npz, arguments, log, reference, tag=""):
     if not arguments.fid_python:
         return {}
     report = npz[:-4] + (f"-{tag}" if tag else "") + "-fid.json"
-    cache = os.path.join(arguments.out_dir, "fid-features")  # the references, scored once
+    # Beside the reference: every bench that scores against it reads its features back.
+    cache = os.path.join(os.path.dirname(os.path.abspath(reference)), "fid-features")
     command = [
         arguments.fid_python,
         FID_TOOL,
