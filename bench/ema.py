@@ -17,6 +17,8 @@ import argparse
 import os
 import sys
 
+import numpy as np
+
 BENCH = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH)
 
@@ -54,6 +56,12 @@ def weight_sets(weights_dir):
     models = {"none": (raw_model, f"trained weights at step {step}")}
     for decay in config.emas:
         _, model, _ = load_sampling_checkpoint(weights_dir, f"{decay:g}")
+        same = next(
+            (name for name, (other, _) in models.items() if same_weights(model, other)), None
+        )
+        if same:  # two EMAs still warming up are one average
+            print(f"EMA {decay:g} has the same weights as {same} at step {step}: not sampled")
+            continue
         sampling = " (the run samples with it)" if decay == config.ema_decay else ""
         # Until (1 + step) / (10 + step) reaches the decay, an EMA averages a ninth of the steps.
         warming_up = step * (1 - decay) <= 9
@@ -61,6 +69,12 @@ def weight_sets(weights_dir):
         length = f"about {length:,.0f} steps{' (still warming up)' if warming_up else ''}"
         models[f"{decay:g}"] = (model, f"EMA {decay:g}, {length}{sampling}")
     return config, models
+
+
+def same_weights(model, other):
+    return all(
+        np.array_equal(a, b) for a, b in zip(model.get_weights(), other.get_weights(), strict=True)
+    )
 
 
 def fid_and_kid(scores):
@@ -92,11 +106,13 @@ def main():
         "| predict.py --ema | weights | FID | KID x1e3 | FID validation | KID validation x1e3 |\n"
         "|---|---|---|---|---|---|"
     )
-    for name, (model, description) in models.items():
-        npz = os.path.join(arguments.out_dir, f"ema-{name}.npz")
-        save_npz(to_uint8(predict(model, config, arguments.num, arguments.seed)), npz)
+    samples = {}
+    for name, (model, _) in models.items():  # all the sampling first, then all the scoring
+        samples[name] = os.path.join(arguments.out_dir, f"ema-{name}.npz")
+        save_npz(to_uint8(predict(model, config, arguments.num, arguments.seed)), samples[name])
+    for name, (_, description) in models.items():
         on_train, on_validation = quality.score_both(
-            npz, arguments, log, arguments.reference, validation
+            samples[name], arguments, log, arguments.reference, validation
         )
         cells = [cell for scores in (on_train, on_validation) for cell in fid_and_kid(scores)]
         print(f"| {name} | {description} | {' | '.join(cells)} |", flush=True)
