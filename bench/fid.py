@@ -226,7 +226,8 @@ def inception_features(images, network, batch_size=25):
 
 def cached_features(images, network, cache_dir=None):
     """`inception_features`, kept in `cache_dir` under a hash of the images and the network,
-    so that a reference set scored again (every recipe of bench/quality.py) is read back."""
+    so that a set scored again (a reference for every recipe, samples against the training
+    and the validation split) is read back."""
     if not cache_dir:
         return inception_features(images, network)
     digest = hashlib.sha256(images.tobytes() + str(images.shape).encode()).hexdigest()[:20]
@@ -251,7 +252,9 @@ def main(argv=None):
     parser.add_argument("reference", metavar="REF", help="real images (.npz, key x)")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--threads", type=int, help="torch threads for the network (default all)")
-    parser.add_argument("--cache-dir", help="keep REF's features here and reuse them next time")
+    parser.add_argument(
+        "--cache-dir", help="keep the features of both sets here, and read them back next time"
+    )
     arguments = parser.parse_args(argv)
     try:
         if arguments.threads is not None and arguments.threads < 1:
@@ -271,7 +274,7 @@ def main(argv=None):
         torch.set_num_threads(arguments.threads)
     start = time.monotonic()
     network = load_network(path)
-    features_generated = inception_features(generated, network)
+    features_generated = cached_features(generated, network, arguments.cache_dir)
     features_reference = cached_features(reference, network, arguments.cache_dir)
     seconds = time.monotonic() - start
     kid_mean, kid_std, kid_subset_size = kid(features_generated, features_reference)
