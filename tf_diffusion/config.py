@@ -230,8 +230,10 @@ class Config:
     def weights_name(self, ema=None):
         """The checkpoint's name of the weights to sample with. `ema`: a decay the run keeps
         ("0.9999"), "none" for the trained weights, or None for `ema_decay`'s (if it is on)."""
-        if ema is None or ema == "none":
-            return self.emas.get(self.ema_decay, "model") if ema is None else "model"
+        if ema is None:
+            return self.emas.get(self.ema_decay, "model")
+        if ema == "none":
+            return "model"
         try:
             return self.emas[float(ema)]
         except (ValueError, KeyError):
@@ -279,9 +281,8 @@ RECIPES = {
         **{"min_snr_gamma": 5.0, "level_distribution": "uniform", "noise_keys": "tagged"},
         **{"batch_size": 8, "learning_rate": 2e-3, "learning_rate_schedule": "cosine"},
         **{"warmup_steps": 100, "learning_rate_floor": 1e-6, "ema_decay": 0.999},
-        **{"more_ema_decays": ""},
         **{"sampler": "dpm-solver++", "sampling_steps": 15, "spacing": "uniform"},
-        **{"precision": "auto", "op_threads": 0},
+        **{"precision": "auto", "op_threads": 0, "more_ema_decays": ""},
     },
     # The default recipe as it was first released, kept by name for comparisons.
     "v1": {

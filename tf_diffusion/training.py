@@ -144,7 +144,7 @@ def use_cores(op_threads):
     With 1, TensorFlow's inter-op pool, a thread per core, runs independent
     ops of the step side by side (the two halves of each backward layer, the
     Adam and EMA updates) instead of splitting each small op across the cores:
-    the default recipe's batch of 8 trains about 1.15x faster on 2 cores
+    the default recipe's batch of 8 trained 1.11x faster on 2 cores
     (`python bench/speed.py --threads`). It can only be set before
     TensorFlow's first op; a later run in the same process keeps the threads
     TensorFlow started with. Returns the threads an op now uses (0: all).
