@@ -11,8 +11,12 @@ take one per step, Heun two per step and one on the last, so it gets the most
 steps that fit. `bench/fid.py` (FID and KID on the standard FID Inception
 network, run with --fid-python or $FID_PYTHON) scores them against the images
 trained on and, where bench/quality.py left one beside the run, the validation
-split. The last column is each FID over 50-step DDIM's from the same weights,
-the reference that the issue's "15 evaluations as good as 50" is judged against.
+split. The last two columns are each FID over 50-step DDIM's from the same
+weights (the reference that "15 evaluations as good as 50" was judged against)
+and over the best FID in the table. `--precisions
+float32,mixed_bfloat16` repeats every sampler with the network in bfloat16
+(`predict.py --sampling-precision`); the seconds are predict.py's whole run,
+beside the `tf.matmul` float32 peak measured just before it.
 """
 
 import argparse
@@ -27,7 +31,7 @@ import quality  # noqa: E402 (also puts the repository on the path)
 
 from tf_diffusion.schedule import network_evaluations  # noqa: E402
 
-REFERENCE = ("ddim", "uniform", 50)
+REFERENCE = ("ddim", "uniform", 50, "float32")
 
 
 def parse_arguments():
@@ -40,6 +44,11 @@ def parse_arguments():
         "--samplers",
         default="ddim:uniform,dpm-solver++:uniform,dpm-solver++:edm,heun:edm",
         help="comma list of SAMPLER:SPACING",
+    )
+    parser.add_argument(
+        "--precisions",
+        default="float32",
+        help="comma list of predict.py --sampling-precision values, each tried with every sampler",
     )
     parser.add_argument("--num", type=int, default=1000, help="samples per evaluation")
     parser.add_argument("--seed", type=int, default=0)
@@ -68,6 +77,7 @@ def parse_arguments():
     if any(len(pair) != 2 for pair in pairs):
         parser.error(f"--samplers: {arguments.samplers!r} is not a comma list of SAMPLER:SPACING")
     arguments.samplers = [tuple(pair) for pair in pairs]
+    arguments.precisions = arguments.precisions.split(",")
     if not arguments.fid_python:
         parser.error("--fid-python (or $FID_PYTHON) is needed to score the samples")
     if arguments.validation is None:
@@ -89,15 +99,20 @@ def main():
     if arguments.reference is None:
         arguments.reference = quality.trained_images(arguments.weights_dir, arguments.out_dir)
     settings = {
-        (sampler, spacing, steps_for(sampler, evaluations))
+        (sampler, spacing, steps_for(sampler, evaluations), precision)
         for sampler, spacing in arguments.samplers
         for evaluations in arguments.evaluations
+        for precision in arguments.precisions
     }
     settings = [REFERENCE, *sorted(settings - {REFERENCE})]
+    import tensorflow as tf
+    from speed import matmul_peak
+
     rows = []
-    for sampler, spacing, steps in settings:
-        prefix = os.path.join(arguments.out_dir, f"{sampler}-{spacing}-{steps}")
-        flags = ["--sampler", sampler, "--spacing", spacing]
+    for sampler, spacing, steps, precision in settings:
+        prefix = os.path.join(arguments.out_dir, f"{sampler}-{spacing}-{steps}-{precision}")
+        flags = ["--sampler", sampler, "--spacing", spacing, "--sampling-precision", precision]
+        peak = matmul_peak(tf)  # just before: machines of this kind differ by up to 2x
         seconds, command = quality.sample(
             arguments.weights_dir, prefix, arguments, steps, log, flags=flags
         )
@@ -109,8 +124,10 @@ def main():
                 "sampler": sampler,
                 "spacing": spacing,
                 "steps": steps,
+                "precision": precision,
                 "evaluations": network_evaluations(sampler, steps),
                 "sample_seconds": seconds,
+                "peak": peak,
                 "fid": quality.number(on_train, "fid"),
                 "kid": quality.number(on_train, "kid"),
                 "fid_validation": quality.number(on_validation, "fid"),
@@ -125,23 +142,30 @@ def main():
 def print_table(rows, arguments):
     show = quality.show
     reference = rows[0]["fid"]
+    best = min((row["fid"] for row in rows if row["fid"]), default=None)
     print(
         f"\nbench/samplers.py, {quality.machine()}; weights {arguments.weights_dir}; "
         f"{arguments.num} samples, seed {arguments.seed}, vs {arguments.reference}"
         + (" and the validation split" if arguments.validation else "")
     )
     print(
-        f"| sampler | spacing | steps | evaluations per image | sample {arguments.num} s | FID | "
-        "KID x1e3 | FID validation | FID / 50-step DDIM |"
+        f"| sampler | spacing | steps | precision | evaluations per image | "
+        f"predict.py --num {arguments.num} s | matmul GFLOP/s just before | FID | KID x1e3 | "
+        "FID validation | "
+        "FID / 50-step DDIM | FID / best here |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for row in sorted(rows, key=lambda row: (row["evaluations"], row["sampler"], row["spacing"])):
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    order = ("evaluations", "sampler", "spacing", "precision")
+    for row in sorted(rows, key=lambda row: [row[key] for key in order]):
         kid = None if row["kid"] is None else 1e3 * row["kid"]
         ratio = row["fid"] / reference if row["fid"] and reference else None
+        to_best = row["fid"] / best if row["fid"] and best else None
         print(
-            f"| {row['sampler']} | {row['spacing']} | {row['steps']} | {row['evaluations']} | "
-            f"{row['sample_seconds']:.0f} | {show(row['fid'], '{:.1f}')} | {show(kid, '{:.1f}')} | "
-            f"{show(row['fid_validation'], '{:.1f}')} | {show(ratio, '{:.2f}')} |"
+            f"| {row['sampler']} | {row['spacing']} | {row['steps']} | {row['precision']} | "
+            f"{row['evaluations']} | {row['sample_seconds']:.0f} | {row['peak']:.0f} | "
+            f"{show(row['fid'], '{:.1f}')} | "
+            f"{show(kid, '{:.1f}')} | {show(row['fid_validation'], '{:.1f}')} | "
+            f"{show(ratio, '{:.2f}')} | {show(to_best, '{:.2f}')} |"
         )
     print("commands:")
     for row in rows:

@@ -48,6 +48,19 @@ def test_a_faked_t4_trains_auto_in_float16_with_loss_scaling(monkeypatch):
     assert isinstance(trainer.optimizer, tf.keras.optimizers.LossScaleOptimizer)
 
 
+@pytest.mark.parametrize(
+    "gpus, cpu_bfloat16, expected",
+    [([], True, "mixed_bfloat16"), ([], False, "float32"), ([T4], True, "float32")],
+)
+def test_sampling_auto_is_bfloat16_only_where_training_auto_is(
+    monkeypatch, gpus, cpu_bfloat16, expected
+):
+    monkeypatch.setattr(training, "visible_gpus", lambda: gpus)
+    monkeypatch.setattr(training, "cpu_has_bfloat16", lambda: cpu_bfloat16)
+    assert training.sampling_policy("auto") == expected
+    assert training.sampling_policy("float32") == "float32"  # a choice is kept
+
+
 def test_device_defaults_change_only_the_default_recipe_on_a_gpu():
     assert device_defaults("default", [T4]) == {
         "batch_size": 128,

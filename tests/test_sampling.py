@@ -3,6 +3,7 @@ import pytest
 from conftest import tiny_config
 
 from tf_diffusion import UsageError, make_model, predict, predict_step
+from tf_diffusion.checkpoint import load_for_sampling
 from tf_diffusion.sampling import Sampler
 from tf_diffusion.schedule import NoiseSchedule, sampling_levels
 
@@ -33,6 +34,17 @@ def test_same_seed_same_images_and_batching_does_not_matter():
     assert not np.allclose(whole, predict(model, config, num=6, seed=4))
     in_batches = predict(model, config, num=6, seed=3, batch_size=4)
     assert in_batches.shape == whole.shape
+
+
+def test_bfloat16_sampling_keeps_the_float32_weights_and_nearly_the_images(tracked_run):
+    config, exact = load_for_sampling(str(tracked_run))
+    fast_config, fast = load_for_sampling(str(tracked_run), sampling_precision="mixed_bfloat16")
+    assert (exact.dtype_policy.name, fast.dtype_policy.name) == ("float32", "mixed_bfloat16")
+    for weight, same in zip(exact.get_weights(), fast.get_weights(), strict=True):
+        np.testing.assert_array_equal(weight, same)
+    images = predict(exact, config, num=4, seed=5)
+    difference = np.abs(predict(fast, fast_config, num=4, seed=5) - images).max()
+    assert 0 < difference < 0.1  # computed in bfloat16: rounded, not another image
 
 
 @pytest.mark.parametrize("steps", [1, 4, 20])

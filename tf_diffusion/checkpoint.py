@@ -23,6 +23,7 @@ from tf_diffusion.config import Config
 from tf_diffusion.files import load_config, load_run_config, no_checkpoint_error, save_config
 from tf_diffusion.lock import LOCK_FILENAME
 from tf_diffusion.model import make_model
+from tf_diffusion.training import dtype_policy, sampling_policy
 
 CHECKPOINT_PREFIX = "ckpt"
 # Objects a checkpoint may lack: only mixed_float16 runs save their loss scale,
@@ -246,7 +247,8 @@ def load_sampling_checkpoint(directory, ema=None, **changes):
     name = config.weights_name(ema)
     if not has_checkpoint(directory):
         raise no_checkpoint_error(directory)
-    model = make_model(config)
+    with dtype_policy(sampling_policy(config.sampling_precision)):
+        model = make_model(config)  # the weights stay float32 under a mixed policy
     store = CheckpointStore(directory, {name: model})
     path = store.restore(expect_partial=True, reader=True)
     return config, model, checkpoint_step(path)

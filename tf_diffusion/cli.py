@@ -21,7 +21,14 @@ import signal
 import sys
 
 from tf_diffusion import TrainingDiverged, UsageError
-from tf_diffusion.config import CHOICES, RECIPES, Config, check_at_least, check_at_most
+from tf_diffusion.config import (
+    CHOICES,
+    RECIPES,
+    SAMPLING_SETTINGS,
+    Config,
+    check_at_least,
+    check_at_most,
+)
 from tf_diffusion.files import (
     best_run_directory,
     check_data_path,
@@ -134,7 +141,7 @@ def predict_parser(description):
         default=0,
         help="random seed of the starting noise (default 0)",
     )
-    for name in ("sampling_steps", "sampler", "spacing"):
+    for name in SAMPLING_SETTINGS:
         add_setting(parser, name, default_text="default: the run's")
     add(
         "--evaluate",
@@ -205,7 +212,7 @@ def check_predict_arguments(arguments):
     weights_dir = arguments["weights_dir"]
     if arguments["best"]:
         weights_dir = best_run_directory(weights_dir)
-    changes = {name: arguments[name] for name in ("sampling_steps", "sampler", "spacing")}
+    changes = {name: arguments[name] for name in SAMPLING_SETTINGS}
     load_run_config(weights_dir, **changes).weights_name(arguments["ema"])
     if arguments["export"]:
         check_new_folder("export", arguments["export"])

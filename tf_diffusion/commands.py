@@ -258,6 +258,7 @@ def predict(
     sampling_steps=None,
     sampler=None,
     spacing=None,
+    sampling_precision=None,
     evaluate=False,
     data=None,
     inception_weights="imagenet",
@@ -274,15 +275,14 @@ def predict(
     `export`, write the exported model into that folder instead. `ema` picks
     the weights (`Config.weights_name`): a decay the run keeps, or "none".
     """
+    changes = {"sampling_steps": sampling_steps, "sampler": sampler, "spacing": spacing}
+    changes["sampling_precision"] = sampling_precision
     if export:
-        changes = {"sampling_steps": sampling_steps, "sampler": sampler, "spacing": spacing}
         return export_run(weights_dir, export, best, ema=ema, **changes)
     if best:
         weights_dir = best_run_directory(weights_dir)
     rows, columns = grid or near_square(num)
-    config, model = load_for_sampling(
-        weights_dir, ema, sampling_steps=sampling_steps, sampler=sampler, spacing=spacing
-    )
+    config, model = load_for_sampling(weights_dir, ema, **changes)
     real = load_images(data or config.data, config.label) if evaluate else None
     sampling = Sampler(model, config)
     images = sampling.sample(num, seed=seed)
@@ -306,7 +306,8 @@ def predict(
             written.append(gif)
     print(
         f"{num} samples from {weights_dir} ({config.recipe} recipe, {config.sampler} sampler, "
-        f"{sampling.sampling_steps} steps): wrote {', '.join(written) or 'nothing'}",
+        f"{sampling.sampling_steps} steps{precision_note(model)}): wrote "
+        f"{', '.join(written) or 'nothing'}",
         flush=True,
     )
     if evaluate:
@@ -334,6 +335,12 @@ def thin_frames(frames, levels, most=17):
         return frames, levels
     keep = np.unique(np.round(np.linspace(0, len(frames) - 1, most)).astype(int))
     return frames[keep], np.asarray(levels)[keep]
+
+
+def precision_note(model):
+    """The policy of a network that samples under a mixed one (", mixed_bfloat16"), else ""."""
+    policy = model.dtype_policy.name
+    return "" if policy == "float32" else f", {policy}"
 
 
 def save_npz(images, path):

@@ -92,6 +92,12 @@ class Config:
     sampling_steps: int = setting(15, "denoising steps of the sampler", resumable=True, minimum=1)
     sampler: str = setting("dpm-solver++", "the sampler: its update rule", resumable=True)
     spacing: str = setting("uniform", "levels the sampler visits", resumable=True)
+    sampling_precision: str = setting(
+        "float32",
+        "Keras dtype policy of the network when sampling; auto: mixed_bfloat16 where `precision` "
+        "auto trains in it, else float32",
+        resumable=True,
+    )
     # Quality tracking.
     track_kid: int = setting(
         0, "KID and FID of N samples at round ends; 0 is off", resumable=True, metavar="N"
@@ -104,9 +110,9 @@ class Config:
     # Hardware.
     precision: str = setting(
         "auto",
-        "Keras dtype policy of training (weights and sampling stay float32); auto: mixed_bfloat16 "
-        "on a GPU of compute capability 8.0+ or a CPU with AVX512-BF16 or AMX, mixed_float16 on "
-        "a 7.x GPU, else float32",
+        "Keras dtype policy of training (weights stay float32; sampling: `sampling_precision`); "
+        "auto: mixed_bfloat16 on a GPU of compute capability 8.0+ or a CPU with AVX512-BF16 or "
+        "AMX, mixed_float16 on a 7.x GPU, else float32",
         resumable=True,
     )
     xla: bool = setting(False, "compile the training step with XLA (GPU)", resumable=True)
@@ -260,6 +266,7 @@ FIRST_VERSION = {
     **{"noise_keys": "shared", "flip": False, "learning_rate_schedule": "rounds"},
     **{"warmup_steps": 0, "sampler": "ddim", "spacing": "uniform", "track_kid": 0},
     **{"inception_weights": "imagenet", "op_threads": 0, "more_ema_decays": ""},
+    **{"sampling_precision": "float32"},
 }
 
 # Each recipe is a set of overrides on top of the `Config` field defaults. v1 and the classic
@@ -282,7 +289,8 @@ RECIPES = {
         **{"batch_size": 8, "learning_rate": 2e-3, "learning_rate_schedule": "cosine"},
         **{"warmup_steps": 100, "learning_rate_floor": 1e-6, "ema_decay": 0.999},
         **{"sampler": "dpm-solver++", "sampling_steps": 15, "spacing": "uniform"},
-        **{"precision": "auto", "op_threads": 0, "more_ema_decays": ""},
+        **{"sampling_precision": "float32", "precision": "auto", "op_threads": 0},
+        **{"more_ema_decays": ""},
     },
     # The default recipe as it was first released, kept by name for comparisons.
     "v1": {
@@ -317,7 +325,11 @@ CHOICES = {
     "spacing": ("uniform", "edm"),
     "distribute": ("none", "mirrored", "multi-worker", "tpu"),
     "precision": ("auto", "float32", "mixed_float16", "mixed_bfloat16"),
+    "sampling_precision": ("auto", "float32", "mixed_bfloat16"),
 }
+
+# The settings predict.py may change for one sampling (all `resumable`).
+SAMPLING_SETTINGS = ("sampling_steps", "sampler", "spacing", "sampling_precision")
 
 # What each number that has no plain minimum must be (the command lines pass NaN and inf through).
 RANGES = {

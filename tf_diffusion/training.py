@@ -116,6 +116,15 @@ def training_precision(precision):
     return auto_precision(gpus, cpu_bfloat16=not gpus and cpu_has_bfloat16())
 
 
+def sampling_policy(sampling_precision):
+    """The Keras dtype policy to sample with: `sampling_precision`, or for "auto"
+    mixed_bfloat16 where "auto" trains in it, else float32 (no float16: it has no loss scale
+    to guard its range here)."""
+    if sampling_precision != "auto":
+        return sampling_precision
+    return "mixed_bfloat16" if training_precision("auto") == "mixed_bfloat16" else "float32"
+
+
 def auto_precision(gpus, cpu_bfloat16=False):
     """What "auto" trains in, from the machine's facts: `gpus`, a list of (name, compute
     capability as a (major, minor) tuple or None), and whether the CPU has bfloat16 instructions.
