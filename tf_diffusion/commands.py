@@ -275,8 +275,12 @@ def predict(
     `export`, write the exported model into that folder instead. `ema` picks
     the weights (`Config.weights_name`): a decay the run keeps, or "none".
     """
-    changes = {"sampling_steps": sampling_steps, "sampler": sampler, "spacing": spacing}
-    changes["sampling_precision"] = sampling_precision
+    changes = dict(
+        sampling_steps=sampling_steps,
+        sampler=sampler,
+        spacing=spacing,
+        sampling_precision=sampling_precision,
+    )
     if export:
         return export_run(weights_dir, export, best, ema=ema, **changes)
     if best:
