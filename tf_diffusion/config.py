@@ -94,8 +94,8 @@ class Config:
     spacing: str = setting("uniform", "levels the sampler visits", resumable=True)
     sampling_precision: str = setting(
         "float32",
-        "Keras dtype policy of the network when sampling; auto: mixed_bfloat16 where `precision` "
-        "auto trains in it, else float32",
+        "Keras dtype policy of the network when predict.py samples (round-end grids stay "
+        "float32); auto: mixed_bfloat16 where `precision` auto trains in it, else float32",
         resumable=True,
     )
     # Quality tracking.
