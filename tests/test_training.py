@@ -9,7 +9,8 @@ from conftest import synthetic_images, tiny_config
 from tf_diffusion import training
 from tf_diffusion.config import Config, UsageError
 from tf_diffusion.data import make_dataset, scale_images
-from tf_diffusion.schedule import training_pair
+from tf_diffusion.model import call_network
+from tf_diffusion.schedule import loss_weights, training_pair
 from tf_diffusion.training import (
     RoundDecay,
     Trainer,
@@ -26,8 +27,9 @@ from tf_diffusion.training import (
         ("default", {}),
         ("default", {"prediction": "velocity", "loss_weighting": "min-snr"}),
         ("default", {"prediction": "image", "loss_weighting": "min-snr"}),
+        ("default", {"loss": "mse"}),
     ],
-    ids=["classic", "default", "velocity-min-snr", "image-min-snr"],
+    ids=["classic", "default", "velocity-min-snr", "image-min-snr", "mse"],
 )
 def test_train_one_lowers_the_loss_on_a_fixed_batch(recipe, options):
     config = tiny_config(recipe, learning_rate=3e-3, ema_decay=0.0, **options)
@@ -38,6 +40,21 @@ def test_train_one_lowers_the_loss_on_a_fixed_batch(recipe, options):
     losses = [float(trainer.train_one(images, levels, noises)) for _ in range(40)]
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
     assert trainer.step == 40
+
+
+@pytest.mark.parametrize("loss", ["mae", "mse"])
+def test_train_one_returns_the_weighted_error_of_the_network_before_its_step(loss):
+    config = tiny_config("default", loss=loss)
+    trainer = Trainer(config)
+    images = scale_images(synthetic_images(4))
+    levels = tf.constant([0, 6, 12, 19])
+    noises = tf.random.stateless_normal(images.shape, (3, 4))
+    inputs, targets = training_pair(trainer.schedule, "velocity", images, levels, noises)
+    errors = np.abs(call_network(trainer.model, inputs, levels) - targets) * loss_weights(
+        trainer.schedule, "velocity", "min-snr", levels, config.min_snr_gamma
+    )
+    expected = np.mean(errors**2 if loss == "mse" else errors)
+    assert float(trainer.train_one(images, levels, noises)) == pytest.approx(expected, rel=1e-4)
 
 
 def test_train_one_draws_levels_and_noise_itself_when_not_given():

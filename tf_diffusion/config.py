@@ -58,7 +58,8 @@ class Config:
     schedule: str = setting("cosine", "how signal falls with the level", flag=False)
     timesteps: int = setting(1000, "noise levels", minimum=1, maximum=100_000)
     prediction: str = setting("velocity", "what the network outputs")
-    loss_weighting: str = setting("min-snr", "weight of each level in the MAE loss")
+    loss: str = setting("mae", "the error on the target: absolute (mae) or squared (mse)")
+    loss_weighting: str = setting("min-snr", "weight of each level in the loss")
     min_snr_gamma: float = setting(5.0, "the SNR above which min-snr stops weighting a level up")
     level_distribution: str = setting("uniform", "training levels: uniform, or log-normal sigma")
     level_mean: float = setting(-1.2, "log-normal levels: mean of log(noise/signal)")
@@ -266,7 +267,7 @@ FIRST_VERSION = {
     **{"noise_keys": "shared", "flip": False, "learning_rate_schedule": "rounds"},
     **{"warmup_steps": 0, "sampler": "ddim", "spacing": "uniform", "track_kid": 0},
     **{"inception_weights": "imagenet", "op_threads": 0, "more_ema_decays": ""},
-    **{"sampling_precision": "float32"},
+    **{"sampling_precision": "float32", "loss": "mae"},
 }
 
 # Each recipe is a set of overrides on top of the `Config` field defaults. v1 and the classic
@@ -290,7 +291,7 @@ RECIPES = {
         **{"warmup_steps": 100, "learning_rate_floor": 1e-6, "ema_decay": 0.999},
         **{"sampler": "dpm-solver++", "sampling_steps": 15, "spacing": "uniform"},
         **{"sampling_precision": "float32", "precision": "auto", "op_threads": 0},
-        **{"more_ema_decays": ""},
+        **{"more_ema_decays": "", "loss": "mae"},
     },
     # The default recipe as it was first released, kept by name for comparisons.
     "v1": {
@@ -316,6 +317,7 @@ CHOICES = {
     "architecture": ("classic", "residual"),
     "schedule": ("linear", "cosine"),
     "prediction": ("next", "noise", "velocity", "image"),
+    "loss": ("mae", "mse"),
     "loss_weighting": ("none", "min-snr"),
     "time_conditioning": ("bias", "scale-shift"),
     "level_distribution": ("uniform", "log-normal"),

@@ -185,7 +185,9 @@ def loss_weights(schedule, prediction, weighting, levels, gamma=5.0):
     plain MAE on the noise weights the clean image by sqrt(SNR) and puts its
     effort where the noise is too small to matter.
     "min-snr" (Hang et al. 2023, here for an absolute error): weight the
-    clean-image error by sqrt(min(SNR, gamma)) whatever the target.
+    clean-image error by sqrt(min(SNR, gamma)) whatever the target. The
+    squared error (`loss` mse) squares the weighted error, so its weights are
+    the paper's own: min(SNR, gamma) on the clean image.
     """
     if weighting == "none":
         return tf.ones_like(tf.cast(tf.reshape(levels, (-1, 1, 1, 1)), tf.float32))

@@ -3,8 +3,9 @@
 `Trainer.train_one` is one compiled step: it takes the network's input and
 target from `schedule.training_pair` (the images mixed with noise at their
 levels; the next, less noisy image for the classic recipe, the velocity for
-the default one, the noise for v1), takes the mean absolute error of the network's output against
-the target and applies one Adam step. It runs through `tf.distribute`, so the
+the default one, the noise for v1), takes the mean absolute error of the
+network's output against the target (the squared error with `loss` mse) and
+applies one Adam step. It runs through `tf.distribute`, so the
 same code serves one device or many.
 """
 
@@ -325,18 +326,18 @@ class Trainer:
         config = self.config
         with tf.GradientTape() as tape:
             outputs = call_network(self.model, inputs, levels, training=True)
-            absolute_errors = tf.abs(outputs - targets)
+            errors = tf.abs(outputs - targets)
             if config.loss_weighting != "none":
-                absolute_errors *= loss_weights(
+                errors *= loss_weights(
                     self.schedule,
                     config.prediction,
                     config.loss_weighting,
                     levels,
                     config.min_snr_gamma,
                 )
-            loss = tf.reduce_sum(absolute_errors) / tf.cast(
-                global_batch * PIXELS_PER_IMAGE, tf.float32
-            )
+            if config.loss == "mse":
+                errors = tf.square(errors)
+            loss = tf.reduce_sum(errors) / tf.cast(global_batch * PIXELS_PER_IMAGE, tf.float32)
             scaled_loss = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled_loss, self.model.trainable_variables)
         self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
@@ -352,7 +353,7 @@ class Trainer:
                 average.assign(decay * average + (1.0 - decay) * tf.cast(weight, average.dtype))
 
     def _train_one(self, images, levels=None, noises=None):
-        """One step on a batch of images in [-1, 1]; returns the MAE loss.
+        """One step on a batch of images in [-1, 1]; returns the loss (MAE unless `loss` is mse).
 
         `levels` and `noises` normally come from the data pipeline; without
         them they are drawn here from the run's random generator.
