@@ -80,7 +80,7 @@ def same_weights(model, other):
 def fid_and_kid(scores):
     """Two table cells, FID and KID x1e3, empty where there is no score."""
     fid, kid = quality.number(scores, "fid"), quality.number(scores, "kid")
-    return quality.show(fid, "{:.1f}"), quality.show(None if kid is None else 1e3 * kid, "{:.1f}")
+    return quality.show(fid, "{:.1f}"), quality.show(quality.thousandths(kid), "{:.1f}")
 
 
 def main():

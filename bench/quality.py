@@ -476,6 +476,11 @@ def show(value, pattern):
     return "" if value is None else pattern.format(value)
 
 
+def thousandths(kid):
+    """A KID in the tables' unit (x1e3); None when it was not measured."""
+    return None if kid is None else 1e3 * kid
+
+
 def print_table(rows, arguments, peak):
     trained_on = "all the automobiles"
     if arguments.validation_size:
@@ -498,9 +503,7 @@ def print_table(rows, arguments, peak):
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        kid = row["kid"] * 1e3 if row["kid"] is not None else None
-        kid_validation = row["kid_validation"]
-        kid_validation = kid_validation * 1e3 if kid_validation is not None else None
+        kid, kid_validation = thousandths(row["kid"]), thousandths(row["kid_validation"])
         print(
             f"| {row['recipe']} | {row['width']} | {row['batch']} | {row['cpu_minutes']:.1f} | "
             f"{row['steps']} | {row['images']:,} | {row['train_seconds']:.0f} | "

@@ -157,7 +157,7 @@ def print_table(rows, arguments):
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     order = ("evaluations", "sampler", "spacing", "precision")
     for row in sorted(rows, key=lambda row: [row[key] for key in order]):
-        kid = None if row["kid"] is None else 1e3 * row["kid"]
+        kid = quality.thousandths(row["kid"])
         ratio = row["fid"] / reference if row["fid"] and reference else None
         to_best = row["fid"] / best if row["fid"] and best else None
         print(

@@ -177,9 +177,9 @@ def main():
                 "gflops": quality.training_gflops(weights_dir, steps * batch, cpu_seconds),
                 "sample_seconds": sample_seconds,
                 "fid_train": quality.number(on_train, "fid"),
-                "kid_train": 1e3 * (quality.number(on_train, "kid") or float("nan")),
+                "kid_train": quality.thousandths(quality.number(on_train, "kid")),
                 "fid_validation": quality.number(on_validation, "fid"),
-                "kid_validation": 1e3 * (quality.number(on_validation, "kid") or float("nan")),
+                "kid_validation": quality.thousandths(quality.number(on_validation, "kid")),
                 "commit": commit,
                 "command": train_command,
             }
