@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -57,6 +58,26 @@ def test_the_timestep_changes_the_output():
     first = model([images, tf.constant([[0.0]])])
     second = model([images, tf.constant([[8.0]])])
     assert not np.allclose(first, second)
+
+
+def test_block_depth_adds_residual_blocks_at_every_resolution_and_keeps_the_shapes():
+    def count(model, kind, **attributes):
+        return sum(
+            isinstance(layer, kind)
+            and all(getattr(layer, name) == value for name, value in attributes.items())
+            for layer in model.layers
+        )
+
+    single, double = (make_model(tiny_config("default", block_depth=depth)) for depth in (1, 2))
+    images, levels = tf.random.normal((2, 32, 32, 3)), tf.constant([[0.0], [9.0]])
+    assert double([images, levels]).shape == single([images, levels]).shape == (2, 32, 32, 3)
+    # One skip per block on the way up; two 3x3 convolutions in each of the 4 + 4 more blocks.
+    assert count(double, keras.layers.Concatenate) == 2 * count(single, keras.layers.Concatenate)
+    assert count(single, keras.layers.Concatenate) == 4
+    convolutions = [
+        count(model, keras.layers.Conv2D, kernel_size=(3, 3)) for model in (single, double)
+    ]
+    assert convolutions[1] - convolutions[0] == 2 * 8
 
 
 def test_width_sets_the_size():

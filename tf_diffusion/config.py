@@ -52,6 +52,9 @@ class Config:
     width: int = setting(
         32, "channels at 32 px; the lower resolutions multiply it", minimum=1, maximum=1024
     )
+    block_depth: int = setting(
+        1, "residual blocks per resolution, down and up (residual U-Net)", minimum=1, maximum=8
+    )
     attention: bool = setting(False, "self-attention at 8x8 (residual U-Net)")
     time_conditioning: str = setting("scale-shift", "the level into each block: bias, or AdaGN")
     embedding_max_frequency: float = setting(100.0, "top frequency of the level embedding")
@@ -267,7 +270,7 @@ FIRST_VERSION = {
     **{"noise_keys": "shared", "flip": False, "learning_rate_schedule": "rounds"},
     **{"warmup_steps": 0, "sampler": "ddim", "spacing": "uniform", "track_kid": 0},
     **{"inception_weights": "imagenet", "op_threads": 0, "more_ema_decays": ""},
-    **{"sampling_precision": "float32", "loss": "mae"},
+    **{"sampling_precision": "float32", "loss": "mae", "block_depth": 1},
 }
 
 # Each recipe is a set of overrides on top of the `Config` field defaults. v1 and the classic
@@ -291,7 +294,7 @@ RECIPES = {
         **{"warmup_steps": 100, "learning_rate_floor": 1e-6, "ema_decay": 0.999},
         **{"sampler": "dpm-solver++", "sampling_steps": 15, "spacing": "uniform"},
         **{"sampling_precision": "float32", "precision": "auto", "op_threads": 0},
-        **{"more_ema_decays": "", "loss": "mae"},
+        **{"more_ema_decays": "", "loss": "mae", "block_depth": 1},
     },
     # The default recipe as it was first released, kept by name for comparisons.
     "v1": {

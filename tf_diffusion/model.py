@@ -38,6 +38,7 @@ def make_model(config=None, **overrides):
         config.attention,
         config.embedding_max_frequency,
         config.time_conditioning,
+        config.block_depth,
     )
 
 
@@ -204,9 +205,19 @@ def AttentionBlock(channels):
 
 
 def make_residual_model(
-    width=64, timesteps=1000, attention=False, max_frequency=1000.0, time_conditioning="bias"
+    width=64,
+    timesteps=1000,
+    attention=False,
+    max_frequency=1000.0,
+    time_conditioning="bias",
+    block_depth=1,
 ):
-    """A small residual U-Net with channels `width` x (1, 2, 4, 4) from 32 to 4 pixels."""
+    """A small residual U-Net with channels `width` x (1, 2, 4, 4) from 32 to 4 pixels.
+
+    `block_depth` residual blocks at each resolution on the way down, each
+    output a skip, and as many on the way up, each taking one skip (as in
+    keras.io's DDIM example, whose depth is 2).
+    """
     channels = [width * multiplier for multiplier in RESIDUAL_CHANNEL_MULTIPLIERS]
     images, level_input = model_inputs()
     Residual = functools.partial(ResidualBlock, time_conditioning=time_conditioning)
@@ -218,23 +229,23 @@ def make_residual_model(
     x = layers.Conv2D(width, kernel_size=3, padding="same")(images)
     skips = []
     for resolution, resolution_channels in enumerate(channels):  # 32, 16, 8 and 4 pixels
-        x = Residual(resolution_channels)(x, time_features)
-        if attention and resolution == 2:
-            x = AttentionBlock(resolution_channels)(x)
-        skips.append(x)
+        for _ in range(block_depth):
+            x = Residual(resolution_channels)(x, time_features)
+            if attention and resolution == 2:
+                x = AttentionBlock(resolution_channels)(x)
+            skips.append(x)
         if resolution < 3:
             x = layers.AveragePooling2D(2)(x)
 
     x = Residual(channels[-1])(x, time_features)
     x = Residual(channels[-1])(x, time_features)
 
-    for resolution, (resolution_channels, skip) in enumerate(
-        zip(reversed(channels), reversed(skips))
-    ):
-        x = layers.Concatenate()([x, skip])
-        x = Residual(resolution_channels)(x, time_features)
-        if attention and resolution == 1:
-            x = AttentionBlock(resolution_channels)(x)
+    for resolution, resolution_channels in enumerate(reversed(channels)):
+        for _ in range(block_depth):
+            x = layers.Concatenate()([x, skips.pop()])
+            x = Residual(resolution_channels)(x, time_features)
+            if attention and resolution == 1:
+                x = AttentionBlock(resolution_channels)(x)
         if resolution < 3:
             x = layers.UpSampling2D(2, interpolation="nearest")(x)
 
