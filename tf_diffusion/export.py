@@ -222,8 +222,15 @@ def model_card(config, model, step, record=None, best=False, ema=None):
             "`--track-kid` during training. Compare it with other runs of tf-diffusion, not "
             "with published FIDs (another Inception network, fewer images)"
         )
+    network = f"{config.architecture} U-Net, width {config.width}"
+    if config.architecture == "residual":
+        network += f", {config.block_depth} block{'s' * (config.block_depth > 1)} a resolution"
+    objective = f"{config.prediction} prediction, {config.loss} loss"
+    if config.loss_weighting != "none":
+        objective += f", {config.loss_weighting} weights"
     rows = [
-        ("recipe", f"{config.recipe} ({config.architecture} U-Net, width {config.width})"),
+        ("recipe", f"{config.recipe} ({network})"),
+        ("training", objective),
         ("parameters", f"{model.count_params():,}"),
         ("class", f"{config.label} ({class_name})"),
         ("steps trained", f"{step:,}" + (" (the checkpoint with the lowest KID)" if best else "")),
