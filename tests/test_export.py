@@ -114,7 +114,7 @@ def test_the_model_card_says_what_the_model_is_and_how_to_load_it(exported):
     card = (exported / "README.md").read_text()
     for fragment in [
         "| recipe | default (residual U-Net, width 8, 1 block a resolution) |",
-        "| training | velocity prediction, mae loss, min-snr weights |",
+        "| training | velocity prediction, mse loss, min-snr weights |",
         "| class | 1 (automobile) |",
         "| steps trained | 4 |",
         "| images seen | 16 (4 steps of 4) |",

@@ -61,7 +61,7 @@ class Config:
     schedule: str = setting("cosine", "how signal falls with the level", flag=False)
     timesteps: int = setting(1000, "noise levels", minimum=1, maximum=100_000)
     prediction: str = setting("velocity", "what the network outputs")
-    loss: str = setting("mae", "the error on the target: absolute (mae) or squared (mse)")
+    loss: str = setting("mse", "the error on the target: absolute (mae) or squared (mse)")
     loss_weighting: str = setting("min-snr", "weight of each level in the loss")
     min_snr_gamma: float = setting(5.0, "the SNR above which min-snr stops weighting a level up")
     level_distribution: str = setting("uniform", "training levels: uniform, or log-normal sigma")
@@ -277,14 +277,15 @@ FIRST_VERSION = {
 # spell out every setting they depend on, so that a new default never changes them.
 RECIPES = {
     # The improved recipe, the winner of bench/sweep.py: cosine schedule with 1000 levels,
-    # v-prediction with min-SNR weights on the MAE, a level embedding that does not alias,
-    # residual blocks with GroupNorm scaled and shifted by the level (AdaGN), Adam at 2e-3 after
-    # a 100-step warm-up at batch 8 (eight times v1's steps for the same images), EMA weights,
-    # 15 steps of DPM-Solver++(2M) to sample, bfloat16 where the CPU has it ("auto"). A new run
-    # on a GPU takes training.GPU_DEFAULTS instead (batch 128, 3e-3, XLA; not measured).
+    # v-prediction with min-SNR weights on the squared error, a level embedding that does not
+    # alias, residual blocks with GroupNorm scaled and shifted by the level (AdaGN), Adam at 2e-3
+    # after a 100-step warm-up at batch 8 (eight times v1's steps for the same images), EMA
+    # weights, 15 steps of DPM-Solver++(2M) to sample, bfloat16 where the CPU has it ("auto"),
+    # one thread per CPU op. A new run on a GPU takes training.GPU_DEFAULTS instead (batch 128,
+    # 3e-3, XLA; not measured).
     "default": {},
     # The default recipe of December 2026 (FID 48.7 after 60 CPU-minutes), kept by name as the
-    # control of the next one: every setting it depends on, with TensorFlow's threads.
+    # control of the next one: every setting it depends on, with TensorFlow's threads and the MAE.
     "v2": {
         **{"architecture": "residual", "width": 32, "attention": False, "schedule": "cosine"},
         **{"time_conditioning": "scale-shift", "embedding_max_frequency": 100.0, "flip": False},

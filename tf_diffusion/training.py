@@ -3,8 +3,9 @@
 `Trainer.train_one` is one compiled step: it takes the network's input and
 target from `schedule.training_pair` (the images mixed with noise at their
 levels; the next, less noisy image for the classic recipe, the velocity for
-the default one, the noise for v1), takes the mean absolute error of the
-network's output against the target (the squared error with `loss` mse) and
+the default one, the noise for v1), takes the mean squared error of the
+network's output against the target (the absolute error with `loss` mae, as
+the classic, v1 and v2 do) and
 applies one Adam step. It runs through `tf.distribute`, so the
 same code serves one device or many.
 """
@@ -353,7 +354,7 @@ class Trainer:
                 average.assign(decay * average + (1.0 - decay) * tf.cast(weight, average.dtype))
 
     def _train_one(self, images, levels=None, noises=None):
-        """One step on a batch of images in [-1, 1]; returns the loss (MAE unless `loss` is mse).
+        """One step on a batch of images in [-1, 1]; returns the loss, the `loss` error.
 
         `levels` and `noises` normally come from the data pipeline; without
         them they are drawn here from the run's random generator.
