@@ -5,9 +5,8 @@ target from `schedule.training_pair` (the images mixed with noise at their
 levels; the next, less noisy image for the classic recipe, the velocity for
 the default one, the noise for v1), takes the mean squared error of the
 network's output against the target (the absolute error with `loss` mae, as
-the classic, v1 and v2 do) and
-applies one Adam step. It runs through `tf.distribute`, so the
-same code serves one device or many.
+the classic, v1 and v2 do) and applies one Adam step. It runs through
+`tf.distribute`, so the same code serves one device or many.
 """
 
 import contextlib
