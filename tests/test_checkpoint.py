@@ -98,7 +98,10 @@ def test_sessions_ended_by_the_clock_and_by_step_end_exactly_where_a_straight_ru
     assert stopped, output
     reached = int(stopped[1])
     assert reached > 0 and f"ckpt-{reached}.index" in os.listdir(pieces)
-    output = run_train(pieces, npz_path, 100000, f"--stop-at={reached + 3}", bfloat16)
+    # The run's class, by its name in any case, is no change of settings.
+    output = run_train(
+        pieces, npz_path, 100000, f"--stop-at={reached + 3}", "--label=AutoMobile", bfloat16
+    )
     assert (
         f"Resuming from step {reached} (ckpt-{reached}) in {pieces}, mixed_bfloat16, 1 " in output
     )
