@@ -14,7 +14,8 @@ REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A run small enough to train a few steps in well under a second.
 # No warm-up: the few steps of a test would all be warm-up, at a rate near 0. float32, not the
-# default "auto", so that the tests compute the same on every CPU; bfloat16 has its own tests.
+# default "auto", in training and sampling, so that the tests compute the same on every CPU;
+# bfloat16 has its own tests.
 TINY_RUN = {
     "width": 8,
     "batch_size": 4,
@@ -22,6 +23,7 @@ TINY_RUN = {
     "sampling_steps": 5,
     "warmup_steps": 0,
     "precision": "float32",
+    "sampling_precision": "float32",
 }
 
 

@@ -1,6 +1,8 @@
 """predict.py --export: a SavedModel sampler that needs only TensorFlow, a .keras U-Net, a card."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -42,10 +44,15 @@ np.save(sys.argv[2], images)
 
 @pytest.fixture(scope="module")
 def exported(tracked_run, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("export") / "cars"
-    arguments = ["--weights-dir", str(tracked_run), "--export", str(directory)]
+    """The export of the tracked run, from a copy that samples in bfloat16: exports stay float32."""
+    folder = tmp_path_factory.mktemp("export")
+    run = shutil.copytree(tracked_run, folder / "run")
+    settings = json.loads((run / "config.json").read_text())
+    settings["sampling_precision"] = "mixed_bfloat16"
+    (run / "config.json").write_text(json.dumps(settings))
+    arguments = ["--weights-dir", str(run), "--export", str(folder / "cars")]
     assert script_main("predict.py")(arguments) == 0
-    return directory
+    return folder / "cars"
 
 
 def test_the_generator_loads_without_tf_diffusion_and_gives_predicts_images(
@@ -54,6 +61,7 @@ def test_the_generator_loads_without_tf_diffusion_and_gives_predicts_images(
     npz = tmp_path / "predicted.npz"
     arguments = ["--weights-dir", str(tracked_run), "--num", "8", "--seed", "0"]
     arguments += ["--sampling-steps", "4", "--npz", str(npz), "--out", str(tmp_path / "grid.png")]
+    arguments += ["--sampling-precision", "float32"]  # as the model card's command
     assert script_main("predict.py")(arguments) == 0
     predicted = np.load(npz)["x"]
 
@@ -78,6 +86,7 @@ def test_the_generator_loads_without_tf_diffusion_and_gives_predicts_images(
 def test_the_keras_file_loads_in_safe_mode_and_matches_the_checkpoint(tracked_run, exported):
     unet = keras.saving.load_model(str(exported / "unet.keras"), safe_mode=True)
     assert not any(isinstance(layer, keras.layers.Lambda) for layer in unet.layers)
+    assert unet.dtype_policy.name == "float32"  # though the run samples in bfloat16
     _, model = load_for_sampling(str(tracked_run))  # the EMA weights
     images = tf.random.stateless_normal((4, 32, 32, 3), (1, 2))
     levels = tf.constant([[0.0], [3.0], [11.0], [20.0]])
@@ -124,7 +133,7 @@ def test_the_model_card_says_what_the_model_is_and_how_to_load_it(exported):
         'generator = tf.saved_model.load("generator")',
         "images = generator.generate(num=16, seed=0, steps=5).numpy()",
         "python predict.py --num 16 --seed 0 --sampling-steps 5 "
-        "--sampler dpm-solver++ --spacing uniform\n",
+        "--sampler dpm-solver++ --spacing uniform --sampling-precision float32\n",
         "keras.saving.load_model",
     ]:
         assert fragment in card

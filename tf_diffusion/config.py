@@ -97,9 +97,10 @@ class Config:
     sampler: str = setting("dpm-solver++", "the sampler: its update rule", resumable=True)
     spacing: str = setting("uniform", "levels the sampler visits", resumable=True)
     sampling_precision: str = setting(
-        "float32",
+        "auto",
         "Keras dtype policy of the network when predict.py samples (round-end grids stay "
-        "float32); auto: mixed_bfloat16 where `precision` auto trains in it, else float32",
+        "float32, and exports unless it is given); auto: mixed_bfloat16 where `precision` auto "
+        "trains in it, else float32",
         resumable=True,
     )
     # Quality tracking.
@@ -280,12 +281,12 @@ RECIPES = {
     # v-prediction with min-SNR weights on the squared error, a level embedding that does not
     # alias, residual blocks with GroupNorm scaled and shifted by the level (AdaGN), Adam at 2e-3
     # after a 100-step warm-up at batch 8 (eight times v1's steps for the same images), EMA
-    # weights, 15 steps of DPM-Solver++(2M) to sample, bfloat16 where the CPU has it ("auto"),
-    # one thread per CPU op. A new run on a GPU takes training.GPU_DEFAULTS instead (batch 128,
-    # 3e-3, XLA; not measured).
+    # weights, 15 steps of DPM-Solver++(2M) to sample, bfloat16 where the CPU has it ("auto",
+    # in training and in sampling), one thread per CPU op. A new run on a GPU takes
+    # training.GPU_DEFAULTS instead (batch 128, 3e-3, XLA; not measured).
     "default": {},
-    # The default recipe before one thread per op and the squared error (FID 48.7 after 60
-    # CPU-minutes), kept by name as the control: every setting it depends on.
+    # The default recipe before one thread per op, the squared error and bfloat16 sampling
+    # (FID 48.7 after 60 CPU-minutes), kept by name as the control: every setting it depends on.
     "v2": {
         **{"architecture": "residual", "width": 32, "attention": False, "schedule": "cosine"},
         **{"time_conditioning": "scale-shift", "embedding_max_frequency": 100.0, "flip": False},

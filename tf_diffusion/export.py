@@ -160,6 +160,8 @@ def export_run(weights_dir, directory, best=False, say=print, ema=None, **change
     the generator's defaults. `ema` picks the weights, as predict.py's --ema.
     """
     source = best_run_directory(weights_dir) if best else weights_dir
+    # float32 unless asked: a bfloat16 generator is slow or fails where the hardware lacks it.
+    changes["sampling_precision"] = changes.get("sampling_precision") or "float32"
     config, model, step = load_sampling_checkpoint(source, ema, **changes)
     directory = directory.rstrip(os.sep) or directory
     check_new_folder("export", directory)
@@ -247,6 +249,7 @@ def model_card(config, model, step, record=None, best=False, ema=None):
     predict_flags = "" if config.prediction == "next" else f" --sampling-steps {steps}"
     if config.sampler != "ddim" or config.spacing != "uniform":
         predict_flags += f" --sampler {config.sampler} --spacing {config.spacing}"
+    predict_flags += f" --sampling-precision {config.sampling_precision}"
     return f"""---
 pipeline_tag: unconditional-image-generation
 tags:
