@@ -157,7 +157,8 @@ def export_run(weights_dir, directory, best=False, say=print, ema=None, **change
     (its best checkpoint with `best`) into the new folder `directory`; return its path.
 
     `changes` are predict-time settings (`sampling_steps`, `sampler`, `spacing`):
-    the generator's defaults. `ema` picks the weights, as predict.py's --ema.
+    the generator's defaults, and `sampling_precision`, its policy (float32 if not
+    given, not the run's). `ema` picks the weights, as predict.py's --ema.
     """
     source = best_run_directory(weights_dir) if best else weights_dir
     # float32 unless asked: a bfloat16 generator is slow or fails where the hardware lacks it.
