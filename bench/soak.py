@@ -122,9 +122,8 @@ def sample_loop(arguments):
         while model is not None and time.monotonic() < until:
             name = "ema_model" if config.ema_decay > 0 else "model"
             try:
-                CheckpointStore(arguments.weights_dir, {name: model}).restore(
-                    say=lambda *_, **__: None, expect_partial=True, reader=True
-                )
+                quiet = CheckpointStore(arguments.weights_dir, {name: model}, say=lambda text: None)
+                quiet.restore(expect_partial=True, reader=True)
                 counts["restores"] += 1
             except Exception as error:  # noqa: BLE001
                 corrupt("restoring", error)

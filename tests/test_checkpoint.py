@@ -178,7 +178,7 @@ def test_failed_save_keeps_the_last_good_checkpoint(run_at_2, monkeypatch):
 
     monkeypatch.setattr(tf.train.CheckpointManager, "save", disk_full)
     with pytest.raises(
-        UsageError, match=r"saving step 3 failed \(No space left on device\).*ckpt-2"
+        UsageError, match=r"saving step 3 failed \(no space left on device\).*ckpt-2"
     ):
         train(run, npz_path, 3)
     after = {name: (run / name).read_bytes() for name in os.listdir(run) if name.startswith("ckpt")}

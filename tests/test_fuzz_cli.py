@@ -278,7 +278,7 @@ KNOWN = [
     ("predict.py", ["--seed=-1"], "--seed must be from 0 to 2147483647, got -1"),
     ("predict.py", ["--evaluate", "--inception-weights", "{root}/none.h5"], "no such file"),
     ("predict.py", ["--weights-dir", "{file}"], "is a file, not a run folder"),
-    ("predict.py", ["--weights-dir", "{root}/config-garbled"], "is not valid JSON"),
+    ("predict.py", ["--weights-dir", "{root}/config-garbled"], "is truncated or not valid JSON"),
     ("predict.py", ["--weights-dir", "{root}/config-list"], "not a JSON object"),
     ("predict.py", ["--weights-dir", "{root}/config-wrong-type"], "'wide', not a whole number"),
     ("train.py", ["--label", "\u00b2"], "--label '\u00b2' is not a CIFAR-10 class"),

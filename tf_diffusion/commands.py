@@ -77,7 +77,7 @@ def train(
         say = print if is_chief(strategy) else silent
         trainer = Trainer(config, strategy)
         store = CheckpointStore(
-            weights_dir, trainer.trackables(), config.keep_checkpoints, lock and lock.beat
+            weights_dir, trainer.trackables(), config.keep_checkpoints, lock and lock.beat, say
         )
         announce(trainer, store, config, len(images), resumed, op_threads, say)
         if not resumed:
@@ -104,7 +104,7 @@ def announce(trainer, store, config, image_count, resumed, op_threads, say):
     strategy = trainer.strategy
     hardware = trainer.precision + (f", {op_threads} thread per op" if op_threads else "")
     if resumed:
-        path = store.restore(say=say)
+        path = store.restore()
         say(
             f"Resuming from step {trainer.step} ({os.path.basename(path)}) in "
             f"{config.weights_dir}, {hardware}",
@@ -174,7 +174,7 @@ def train_to(trainer, store, config, images, end_step, quiet, say, max_minutes=N
     chief = is_chief(trainer.strategy)
     if not chief:
         scratch = tempfile.mkdtemp(prefix="tf-diffusion-worker-")
-        store = CheckpointStore(scratch, trainer.trackables(), config.keep_checkpoints)
+        store = CheckpointStore(scratch, trainer.trackables(), config.keep_checkpoints, say=say)
     progress, on_round_end = None, None
     if chief:
         writer = tf.summary.create_file_writer(os.path.join(config.weights_dir, "logs"))
@@ -182,7 +182,7 @@ def train_to(trainer, store, config, images, end_step, quiet, say, max_minutes=N
         on_round_end = round_sampler(trainer, config, progress, images)
 
     def save_unless_saved(step):
-        if step > max(start_step, store.latest_step):
+        if step > max(start_step, store.saved_step):
             store.save(step, config)
 
     try:

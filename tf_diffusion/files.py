@@ -74,8 +74,9 @@ def load_config(directory):
         return None
     except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
         raise UsageError(
-            f"`weights_dir` {directory}: {CONFIG_FILENAME} is not valid JSON ({error}); "
-            "restore it or start anew with `fresh`"
+            f"`weights_dir` {directory}: {CONFIG_FILENAME} is truncated or not valid JSON "
+            f"({error}); restore it (Google Drive keeps earlier versions of a file) or start "
+            "anew with `fresh` (the old run is moved aside)"
         ) from None
     except OSError as error:
         raise UsageError(
