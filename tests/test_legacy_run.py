@@ -1,5 +1,6 @@
 """A run folder written by an older version still resumes and samples exactly as it did then."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -69,6 +70,30 @@ def test_settings_added_since_the_first_version_take_its_values_when_missing(tmp
         **FIRST_VERSION,
         **FIRST_DEFAULT,
     }
+
+
+def test_every_setting_has_a_value_for_runs_saved_before_it_existed():
+    """A new `Config` field needs the value that reproduces the first version in FIRST_VERSION:
+    else a config.json saved before the field existed would take today's default on resume."""
+    from tf_diffusion.config import FIRST_VERSION, RETIRED_SETTINGS, Config
+
+    with open(os.path.join(LEGACY, "legacy-run", "config.json")) as file:
+        first = set(json.load(file)) - set(RETIRED_SETTINGS) - {"mixed_precision"} | {"precision"}
+    fields = [field.name for field in dataclasses.fields(Config)]
+    missing = [name for name in fields if name not in first and name not in FIRST_VERSION]
+    assert not missing, f"add the first version's value of {missing} to FIRST_VERSION"
+    assert set(FIRST_VERSION) <= set(fields) and not set(FIRST_VERSION) & first
+
+
+@pytest.mark.parametrize("recipe", ["v2", "v1", "classic"])
+def test_a_recipe_kept_by_name_pins_every_setting_but_the_runs_own(recipe):
+    """v2, v1 and the classic are controls: a new field's default must not change them."""
+    from tf_diffusion.config import RECIPES, RUN_SETTINGS, Config
+
+    fields = [field.name for field in dataclasses.fields(Config)]
+    unpinned = [name for name in fields if name not in set(RECIPES[recipe]) | set(RUN_SETTINGS)]
+    assert not unpinned, f"recipe {recipe!r} takes today's default of {unpinned}; pin them"
+    assert set(RUN_SETTINGS) <= set(fields)  # no setting named there by mistake
 
 
 @pytest.mark.parametrize("saved, precision", [(True, "mixed_float16"), (False, "float32")])

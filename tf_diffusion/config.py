@@ -277,16 +277,16 @@ FIRST_VERSION = {
 # Each recipe is a set of overrides on top of the `Config` field defaults. v1 and the classic
 # spell out every setting they depend on, so that a new default never changes them.
 RECIPES = {
-    # The improved recipe, the winner of bench/sweep.py: cosine schedule with 1000 levels,
+    # The default: cosine schedule with 1000 levels,
     # v-prediction with min-SNR weights on the squared error, a level embedding that does not
     # alias, residual blocks with GroupNorm scaled and shifted by the level (AdaGN), Adam at 2e-3
     # after a 100-step warm-up at batch 8 (eight times v1's steps for the same images), EMA
     # weights, 15 steps of DPM-Solver++(2M) to sample, bfloat16 where the CPU has it ("auto",
     # in training and in sampling), one thread per CPU op. A new run on a GPU takes
-    # training.GPU_DEFAULTS instead (batch 128, 3e-3, XLA; not measured).
+    # hardware.GPU_DEFAULTS instead (batch 128, 3e-3, XLA; not measured).
     "default": {},
-    # The default recipe before one thread per op, the squared error and bfloat16 sampling
-    # (FID 48.7 after 60 CPU-minutes), kept by name as the control: every setting it depends on.
+    # The default recipe before one thread per op, the squared error and bfloat16 sampling,
+    # kept by name as the control (docs/experiments.md): every setting it depends on.
     "v2": {
         **{"architecture": "residual", "width": 32, "attention": False, "schedule": "cosine"},
         **{"time_conditioning": "scale-shift", "embedding_max_frequency": 100.0, "flip": False},
@@ -296,7 +296,8 @@ RECIPES = {
         **{"warmup_steps": 100, "learning_rate_floor": 1e-6, "ema_decay": 0.999},
         **{"sampler": "dpm-solver++", "sampling_steps": 15, "spacing": "uniform"},
         **{"sampling_precision": "float32", "precision": "auto", "op_threads": 0},
-        **{"more_ema_decays": "", "loss": "mae", "block_depth": 1},
+        **{"more_ema_decays": "", "loss": "mae", "block_depth": 1, "level_mean": -1.2},
+        **{"level_std": 1.2, "learning_rate_decay": 0.9, "round_steps": 5000},
     },
     # The default recipe as it was first released, kept by name for comparisons.
     "v1": {
@@ -315,6 +316,15 @@ RECIPES = {
         **{"ema_decay": 0.0, "sampling_steps": 16, "precision": "float32"},
     },
 }
+
+# The settings of one run rather than of a recipe: where its data is and how it is kept, how
+# long it trains, and how the hardware runs it. A recipe kept by name (every one but the
+# default) pins every other setting, so that a new field's default never changes it.
+RUN_SETTINGS = (
+    *("recipe", "label", "data", "seed", "max_steps", "weights_dir", "save_every"),
+    *("save_every_minutes", "keep_checkpoints", "track_kid", "inception_weights", "xla"),
+    *("distribute", "scale_learning_rate", "steps_per_call"),
+)
 
 # The allowed values of every setting that is a choice; the command lines use these too.
 CHOICES = {
