@@ -226,7 +226,7 @@ def training_gflops(weights_dir, images, cpu_seconds):
 def machine():
     """The line every bench prints about the machine: the CPU's model, its cores, whether it has
     bfloat16 instructions (they decide what `--precision auto` trains in) and Python's version."""
-    from tf_diffusion.training import cpu_has_bfloat16
+    from tf_diffusion.hardware import cpu_has_bfloat16
 
     cpu = platform.processor() or "unknown CPU"
     try:

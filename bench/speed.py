@@ -31,7 +31,7 @@ each one's median.
 batches 8, 32, 128 and 512, in float32 and in the mixed precision that
 `--precision auto` picks for that GPU, each with XLA off and on, and
 sampling 1000 images, in one table: what the GPU defaults of a new run
-(`tf_diffusion.training.GPU_DEFAULTS`, chosen from the literature) were
+(`tf_diffusion.hardware.GPU_DEFAULTS`, chosen from the literature) were
 never measured against. Each cell builds its own trainer, is warmed up once
 (tracing, XLA compilation) and then timed over `--steps` (default 20) steps.
 """
@@ -183,7 +183,7 @@ def reference_side(config, images, arguments, np, keras):
 def project_side(config, images, arguments, tf, strategy=None):
     from tf_diffusion.data import make_dataset
     from tf_diffusion.sampling import Sampler
-    from tf_diffusion.training import Trainer
+    from tf_diffusion.trainer import Trainer
 
     trainer = Trainer(config, strategy)
     dataset = make_dataset(images, config.batch_size, config.timesteps, config.seed)
@@ -293,7 +293,7 @@ def threads_child(arguments, flags, copies):
 def threads_run(arguments, images, tf):
     """One process of `--threads`: the recipe's step with its threads, as train.py sets them."""
     from tf_diffusion.config import Config
-    from tf_diffusion.training import use_cores
+    from tf_diffusion.hardware import use_cores
 
     settings = {"batch_size": arguments.batch_size} if arguments.batch_size else {}
     if arguments.op_threads is not None:
@@ -321,8 +321,8 @@ def threads_mode(arguments, tf):
     import statistics
 
     from tf_diffusion.config import Config
+    from tf_diffusion.hardware import training_precision
     from tf_diffusion.model import make_model
-    from tf_diffusion.training import training_precision
 
     config = Config.for_recipe("default")
     training_flops = 3 * forward_flops(make_model(config))
@@ -367,7 +367,7 @@ NO_GPU = "error: --gpu: no GPU is visible to TensorFlow; run this on a GPU machi
 def gpu_precisions(gpus):
     """float32 and the mixed precision `--precision auto` takes on `gpus` (float16 where that
     is float32, to show what it would give)."""
-    from tf_diffusion.training import auto_precision
+    from tf_diffusion.hardware import auto_precision
 
     chosen = auto_precision(gpus)
     return ("float32", "mixed_float16" if chosen == "float32" else chosen)
@@ -452,7 +452,7 @@ def shared_trainer(tf, precision, width, xla_options):
     that serves every batch size (traced with the batch unknown from the second size on)."""
     from tf_diffusion.config import Config
     from tf_diffusion.schedule import LevelDraw
-    from tf_diffusion.training import Trainer
+    from tf_diffusion.trainer import Trainer
 
     trainer = Trainer(Config.for_recipe("default", width=width, precision=precision))
     steps_of = {
@@ -508,7 +508,7 @@ def issues_url():
 def gpu_mode(arguments, images, tf):
     """--gpu: refuse without a GPU; else time the cells and print the table to send."""
     from tf_diffusion.config import Config
-    from tf_diffusion.training import auto_precision, device_defaults, visible_gpus
+    from tf_diffusion.hardware import auto_precision, device_defaults, visible_gpus
 
     gpus = visible_gpus()
     if not gpus:

@@ -30,7 +30,7 @@ def train_steps(strategy, steps=3):
 
     from tf_diffusion.config import Config
     from tf_diffusion.data import make_dataset
-    from tf_diffusion.training import Trainer
+    from tf_diffusion.trainer import Trainer
 
     config = Config.for_recipe("default", **tiny_settings(batch_size=8, learning_rate=3e-3))
     trainer = Trainer(config, strategy)

@@ -19,7 +19,7 @@ from tf_diffusion.config import Config, UsageError
 from tf_diffusion.data import scale_images
 from tf_diffusion.files import load_config
 from tf_diffusion.lock import RunLock
-from tf_diffusion.training import Trainer
+from tf_diffusion.trainer import Trainer
 
 
 def train(weights_dir, npz_path, max_steps, **settings):

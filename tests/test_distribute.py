@@ -109,3 +109,4 @@ def test_two_workers_on_loopback_train_and_predict_loads_the_result(tmp_path, np
     assert outputs[1][0] == ""  # only the chief speaks and writes
     assert (tmp_path / "run" / "ckpt-3.index").exists()
     assert_predict_samples_on_one_device(tmp_path)
+

@@ -13,8 +13,9 @@ import pytest
 import tensorflow as tf
 from conftest import REPOSITORY, synthetic_images, tiny_config, tiny_settings
 
-from tf_diffusion import commands, training
-from tf_diffusion.training import GPU_DEFAULTS, Trainer, auto_precision, device_defaults
+from tf_diffusion import commands, hardware
+from tf_diffusion.hardware import GPU_DEFAULTS, auto_precision, device_defaults
+from tf_diffusion.trainer import Trainer
 
 T4 = ("Tesla T4", (7, 5))
 SPEED = os.path.join(REPOSITORY, "bench", "speed.py")
@@ -39,10 +40,10 @@ def test_auto_precision_follows_the_gpu_generation_or_the_cpu(gpus, cpu_bfloat16
 
 
 def test_a_faked_t4_trains_auto_in_float16_with_loss_scaling(monkeypatch):
-    monkeypatch.setattr(training, "visible_gpus", lambda: [T4])
-    monkeypatch.setattr(training, "cpu_has_bfloat16", lambda: True)  # ignored beside a GPU
-    assert training.training_precision("auto") == "mixed_float16"
-    assert training.training_precision("float32") == "float32"  # a choice is kept
+    monkeypatch.setattr(hardware, "visible_gpus", lambda: [T4])
+    monkeypatch.setattr(hardware, "cpu_has_bfloat16", lambda: True)  # ignored beside a GPU
+    assert hardware.training_precision("auto") == "mixed_float16"
+    assert hardware.training_precision("float32") == "float32"  # a choice is kept
     trainer = Trainer(tiny_config(precision="auto"))
     assert trainer.precision == "mixed_float16"
     assert isinstance(trainer.optimizer, tf.keras.optimizers.LossScaleOptimizer)
@@ -55,10 +56,10 @@ def test_a_faked_t4_trains_auto_in_float16_with_loss_scaling(monkeypatch):
 def test_sampling_auto_is_bfloat16_only_where_training_auto_is(
     monkeypatch, gpus, cpu_bfloat16, expected
 ):
-    monkeypatch.setattr(training, "visible_gpus", lambda: gpus)
-    monkeypatch.setattr(training, "cpu_has_bfloat16", lambda: cpu_bfloat16)
-    assert training.sampling_policy("auto") == expected
-    assert training.sampling_policy("float32") == "float32"  # a choice is kept
+    monkeypatch.setattr(hardware, "visible_gpus", lambda: gpus)
+    monkeypatch.setattr(hardware, "cpu_has_bfloat16", lambda: cpu_bfloat16)
+    assert hardware.sampling_policy("auto") == expected
+    assert hardware.sampling_policy("float32") == "float32"  # a choice is kept
 
 
 def test_device_defaults_change_only_the_default_recipe_on_a_gpu():

@@ -77,7 +77,7 @@ def test_best_moves_only_to_a_lower_kid_measured_the_same_way(tmp_path, monkeypa
     from conftest import tiny_config
 
     from tf_diffusion import tracking
-    from tf_diffusion.training import Progress
+    from tf_diffusion.loop import Progress
 
     kids = iter([0.5, 0.3, 0.4, 0.9])
 

@@ -6,18 +6,14 @@ import pytest
 import tensorflow as tf
 from conftest import synthetic_images, tiny_config
 
-from tf_diffusion import training
+from tf_diffusion import TrainingDiverged, hardware
 from tf_diffusion.config import Config, UsageError
 from tf_diffusion.data import make_dataset, scale_images
+from tf_diffusion.hardware import check_batch_split
+from tf_diffusion.loop import fit
 from tf_diffusion.model import call_network
 from tf_diffusion.schedule import loss_weights, training_pair
-from tf_diffusion.training import (
-    RoundDecay,
-    Trainer,
-    TrainingDiverged,
-    check_batch_split,
-    fit,
-)
+from tf_diffusion.trainer import RoundDecay, Trainer
 
 
 @pytest.mark.parametrize(
@@ -230,21 +226,21 @@ def test_gpu_options_train_on_any_device(option):
 def test_auto_precision_is_bfloat16_only_on_a_cpu_with_bfloat16_instructions(tmp_path, monkeypatch):
     cpu_info = tmp_path / "cpuinfo"
     cpu_info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
-    assert training.cpu_has_bfloat16(str(cpu_info))
+    assert hardware.cpu_has_bfloat16(str(cpu_info))
     cpu_info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni\n")
-    assert not training.cpu_has_bfloat16(str(cpu_info))
-    assert not training.cpu_has_bfloat16(str(tmp_path / "missing"))  # macOS, Windows
+    assert not hardware.cpu_has_bfloat16(str(cpu_info))
+    assert not hardware.cpu_has_bfloat16(str(tmp_path / "missing"))  # macOS, Windows
 
     for has_bfloat16, expected in ((True, "mixed_bfloat16"), (False, "float32")):
-        monkeypatch.setattr(training, "cpu_has_bfloat16", lambda: has_bfloat16)
-        assert training.training_precision("auto") == expected
-        assert training.training_precision("float32") == "float32"  # a choice is kept
+        monkeypatch.setattr(hardware, "cpu_has_bfloat16", lambda: has_bfloat16)
+        assert hardware.training_precision("auto") == expected
+        assert hardware.training_precision("float32") == "float32"  # a choice is kept
         compute_dtype = {"mixed_bfloat16": "bfloat16"}.get(expected, expected)
         assert Trainer(tiny_config(precision="auto")).model.layers[2].compute_dtype == compute_dtype
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["a GPU"])
     # Beside a GPU the CPU's bfloat16 does not count; one of unknown generation trains in float32
     # (tests/test_gpu_defaults.py has the generations).
-    assert training.training_precision("auto") == "float32"
+    assert hardware.training_precision("auto") == "float32"
     assert Config.for_recipe("v1").precision == Config.for_recipe("classic").precision == "float32"
 
 
@@ -260,3 +256,4 @@ def test_a_global_batch_that_does_not_split_over_the_replicas_is_a_one_line_erro
     )
     check_batch_split(64, 2)
     check_batch_split(4, 1)
+

@@ -33,7 +33,7 @@ _EXPORTS = {
     "forward_noise": "tf_diffusion.schedule",
     "generate_ts": "tf_diffusion.schedule",
     "make_model": "tf_diffusion.model",
-    "Trainer": "tf_diffusion.training",
+    "Trainer": "tf_diffusion.trainer",
     "predict": "tf_diffusion.sampling",
     "predict_step": "tf_diffusion.sampling",
 }

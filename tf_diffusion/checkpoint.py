@@ -34,9 +34,9 @@ from tf_diffusion.files import (
     save_config,
     write_atomically,
 )
+from tf_diffusion.hardware import dtype_policy, sampling_policy
 from tf_diffusion.lock import LOCK_FILENAME
 from tf_diffusion.model import make_model
-from tf_diffusion.training import dtype_policy, sampling_policy
 
 CHECKPOINT_PREFIX = "ckpt"
 POINTER_FILENAME = "checkpoint"  # tf.train.CheckpointManager's name for it
@@ -104,7 +104,7 @@ def resolve_config(directory, recipe=None, overrides=None, fresh=False, lock=Non
     its settings unless overridden; overriding one that defines the
     checkpoint (the model shape, the data, the optimiser) is an error that
     names each differing setting. `defaults` (this machine's,
-    `training.device_defaults`) go under the overrides of a new run only; a
+    `hardware.device_defaults`) go under the overrides of a new run only; a
     saved run keeps its own values. With `fresh`, an existing run is moved
     aside and a new one starts, and `lock`, the folder's, is taken again on
     the new folder. Returns `(config, resumed, moved_to)`.

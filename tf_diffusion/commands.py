@@ -16,21 +16,14 @@ from tf_diffusion.config import CIFAR10_CLASS_NAMES
 from tf_diffusion.data import load_images, make_dataset
 from tf_diffusion.export import export_run
 from tf_diffusion.files import best_run_directory, write_atomically
+from tf_diffusion.hardware import device_defaults, is_chief, make_strategy, use_cores, visible_gpus
 from tf_diffusion.images import near_square, save_gif, save_grid, save_strip, to_uint8
 from tf_diffusion.lock import training_lock
+from tf_diffusion.loop import Progress, fit
 from tf_diffusion.sampling import Sampler
 from tf_diffusion.schedule import LevelDraw
 from tf_diffusion.tracking import KidTracker
-from tf_diffusion.training import (
-    Progress,
-    Trainer,
-    device_defaults,
-    fit,
-    is_chief,
-    make_strategy,
-    use_cores,
-    visible_gpus,
-)
+from tf_diffusion.trainer import Trainer
 
 ROUND_SAMPLES = 25
 
@@ -122,7 +115,7 @@ def announce(trainer, store, config, image_count, resumed, op_threads, say):
 
 
 def say_device_defaults(gpus, defaults, settings, config, precision, say):
-    """One line on what a new GPU run took from `training.device_defaults` (the settings not
+    """One line on what a new GPU run took from `hardware.device_defaults` (the settings not
     given explicitly) and from "auto" precision, and that none of it was measured."""
     given = {name for name, value in (settings or {}).items() if value is not None}
     chosen = [

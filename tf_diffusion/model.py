@@ -124,8 +124,8 @@ class SinusoidalEmbedding(layers.Layer):
     The frequencies run from 1 to `max_frequency` cycles over all the levels.
     Above half the number of levels they alias: at the first version's 1000
     with 1000 levels, the top one is constant over the integer levels.
-    It has no weights, so checkpoints written when it was a `Lambda` still load;
-    unlike a `Lambda`, it is saved in a `.keras` file that loads in safe mode.
+    It has no weights, and it is saved in a `.keras` file that loads in safe
+    mode.
     """
 
     def __init__(self, dimension, timesteps, max_frequency=1000.0, **keywords):
@@ -134,7 +134,7 @@ class SinusoidalEmbedding(layers.Layer):
         self.dimension = int(dimension)
         self.timesteps = int(timesteps)
         self.max_frequency = float(max_frequency)
-        with tf.init_scope():  # the same float32 constants as when this was a Lambda
+        with tf.init_scope():  # computed eagerly once: the same float32 constants in every graph
             frequencies = tf.exp(
                 tf.linspace(math.log(1.0), math.log(self.max_frequency), self.dimension // 2)
             )

@@ -8,7 +8,7 @@ noisy than level `t`. An image at level `t` is
 
     signal_rates[t] * x + noise_rates[t] * noise
 
-* Training (`draw_levels_and_noises`, `training_pair`): each example gets a
+* Training (`LevelDraw`, `training_pair`): each example gets a
   random level and gaussian noise; the network sees the noisy image and its
   level, and is trained to output the next level's image ("next", the
   classic recipe), the noise ("noise", v1), the velocity ("velocity", the
