@@ -110,3 +110,24 @@ def test_two_workers_on_loopback_train_and_predict_loads_the_result(tmp_path, np
     assert (tmp_path / "run" / "ckpt-3.index").exists()
     assert_predict_samples_on_one_device(tmp_path)
 
+
+def test_a_tpu_strategy_connects_to_the_tpu_first(monkeypatch):
+    """`--distribute tpu` (a Colab TPU): resolve, connect, initialise, then the strategy; with
+    stand-ins for TensorFlow's TPU calls, as no TPU is here."""
+    import tensorflow as tf
+
+    from tf_diffusion.hardware import make_strategy
+
+    calls = []
+    monkeypatch.setattr(
+        tf.distribute.cluster_resolver, "TPUClusterResolver", lambda: calls.append("resolve")
+    )
+    monkeypatch.setattr(
+        tf.config, "experimental_connect_to_cluster", lambda r: calls.append("connect")
+    )
+    monkeypatch.setattr(
+        tf.tpu.experimental, "initialize_tpu_system", lambda r: calls.append("initialise")
+    )
+    monkeypatch.setattr(tf.distribute, "TPUStrategy", lambda r: calls.append("strategy") or "TPU")
+    assert make_strategy("tpu") == "TPU"
+    assert calls == ["resolve", "connect", "initialise", "strategy"]

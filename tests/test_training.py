@@ -257,3 +257,21 @@ def test_a_global_batch_that_does_not_split_over_the_replicas_is_a_one_line_erro
     check_batch_split(64, 2)
     check_batch_split(4, 1)
 
+
+class TwoReplicas:
+    """The default strategy, counted as 2 replicas: what `scale_learning_rate` reads."""
+
+    num_replicas_in_sync = 2
+
+    def __init__(self):
+        self.strategy = tf.distribute.get_strategy()
+
+    def __getattr__(self, name):
+        return getattr(self.strategy, name)
+
+
+@pytest.mark.parametrize("scale, factor", [(True, 2), (False, 1)])
+def test_scale_learning_rate_multiplies_the_rate_by_the_replicas(scale, factor):
+    config = tiny_config(scale_learning_rate=scale, learning_rate_schedule="rounds")
+    trainer = Trainer(config, TwoReplicas())
+    assert trainer.learning_rate == pytest.approx(factor * config.learning_rate)
