@@ -29,7 +29,7 @@ sys.path.insert(0, BENCH)
 
 import quality  # noqa: E402 (also puts the repository on the path)
 
-from tf_diffusion.schedule import network_evaluations  # noqa: E402
+from tf_diffusion.diffusion import network_evaluations  # noqa: E402
 
 REFERENCE = ("ddim", "uniform", 50, "float32")
 

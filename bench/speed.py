@@ -451,7 +451,7 @@ def shared_trainer(tf, precision, width, xla_options):
     """A trainer of the default recipe in `precision`, with a step function per XLA option
     that serves every batch size (traced with the batch unknown from the second size on)."""
     from tf_diffusion.config import Config
-    from tf_diffusion.schedule import LevelDraw
+    from tf_diffusion.diffusion import TimeDraw
     from tf_diffusion.trainer import Trainer
 
     trainer = Trainer(Config.for_recipe("default", width=width, precision=precision))
@@ -459,7 +459,7 @@ def shared_trainer(tf, precision, width, xla_options):
         xla: tf.function(trainer._train_one, jit_compile=xla or None, reduce_retracing=True)
         for xla in xla_options
     }
-    return trainer, steps_of, LevelDraw.from_config(trainer.config, trainer.schedule)
+    return trainer, steps_of, TimeDraw.from_config(trainer.config, trainer.schedule)
 
 
 def seconds_of(function):

@@ -37,8 +37,8 @@ def train_steps(strategy, steps=3):
     dataset = make_dataset(synthetic_images(32), config.batch_size, config.timesteps, config.seed)
     if strategy.num_replicas_in_sync > 1:
         dataset = strategy.experimental_distribute_dataset(dataset)
-    iterator = iter(dataset)
-    losses = [float(trainer.train_one(*next(iterator))) for _ in range(steps)]
+    batch = next(iter(dataset))  # one batch, again and again: its loss must fall
+    losses = [float(trainer.train_one(*batch)) for _ in range(steps)]
     weights = [np.asarray(weight.numpy()) for weight in trainer.model.weights]
     averages = [np.asarray(weight.numpy()) for weight in trainer.ema_model.weights]
     return losses, weights, averages, strategy.num_replicas_in_sync

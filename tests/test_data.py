@@ -91,13 +91,13 @@ def test_fewer_images_than_one_batch():
         make_dataset(synthetic_images(24), 32, timesteps=16)
 
 
-def test_pipeline_batches_scaled_images_with_levels_and_noise():
+def test_pipeline_batches_scaled_images_with_times_and_noise():
     dataset = make_dataset(synthetic_images(24), 8, timesteps=16, seed=0)
-    images, levels, noises = next(iter(dataset))
+    images, t, noises = next(iter(dataset))
     assert images.shape == (8, 32, 32, 3) and images.dtype == tf.float32
     assert -1.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 1.0
-    assert levels.dtype == tf.int32 and 0 <= int(tf.reduce_min(levels))
-    assert int(tf.reduce_max(levels)) < 16
+    assert t.dtype == tf.int32 and 1 <= int(tf.reduce_min(t))
+    assert int(tf.reduce_max(t)) <= 16
     assert noises.shape == (8, 32, 32, 3)
 
 
@@ -124,10 +124,10 @@ def test_pipeline_starts_at_any_batch_as_if_it_had_run_there():
 
 
 def test_flips_mirror_about_half_the_images_and_resume_exactly():
-    from tf_diffusion.schedule import LevelDraw, NoiseSchedule
+    from tf_diffusion.diffusion import NoiseSchedule, TimeDraw
 
     images = synthetic_images(20)
-    draw = LevelDraw(NoiseSchedule("cosine", 16), noise_keys="tagged")
+    draw = TimeDraw(NoiseSchedule(16))
     plain = list(make_dataset(images, 10, 16, seed=2, draw=draw).take(4))
     flipped = list(make_dataset(images, 10, 16, seed=2, draw=draw, flip=True).take(4))
     mirrored = 0

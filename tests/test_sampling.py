@@ -4,8 +4,8 @@ from conftest import tiny_config
 
 from tf_diffusion import UsageError, make_model, predict, predict_step
 from tf_diffusion.checkpoint import load_for_sampling
+from tf_diffusion.diffusion import NoiseSchedule, add_noise, sampling_times
 from tf_diffusion.sampling import Sampler
-from tf_diffusion.schedule import NoiseSchedule, sampling_levels
 
 
 @pytest.mark.parametrize("recipe", ["classic", "default"])
@@ -17,11 +17,11 @@ def test_predict_returns_images_in_range(recipe):
 
 
 @pytest.mark.parametrize("recipe, expected_frames", [("classic", 17), ("default", 6)])
-def test_predict_step_returns_every_level(recipe, expected_frames):
+def test_predict_step_returns_every_step(recipe, expected_frames):
     config = tiny_config(recipe)
-    images, frames, levels = predict_step(make_model(config), config, num=3, seed=2)
+    images, frames, times = predict_step(make_model(config), config, num=3, seed=2)
     assert frames.shape == (expected_frames, 3, 32, 32, 3)
-    assert levels[0] == 0 and levels[-1] == config.timesteps and len(levels) == expected_frames
+    assert times[0] == config.timesteps and times[-1] == 0 and len(times) == expected_frames
     np.testing.assert_allclose(np.clip(frames[-1], -1, 1), images, atol=1e-6)
     assert abs(float(frames[0].std()) - 1.0) < 0.1  # starts from unit gaussian noise
 
@@ -51,17 +51,17 @@ def test_bfloat16_sampling_keeps_the_float32_weights_and_nearly_the_images(track
 def test_sampling_steps_can_be_chosen_at_predict_time(steps):
     config = tiny_config("default")
     sampler = Sampler(make_model(config), config.replace(sampling_steps=steps))
-    assert len(sampler.levels) == steps + 1
+    assert len(sampler.times) == steps + 1
     assert sampler.sample(2).shape == (2, 32, 32, 3)
 
 
-def test_sampling_levels_are_spread_from_noise_to_clean():
+def test_sampling_times_run_from_noise_to_clean():
     config = tiny_config("default", timesteps=1000)
     schedule = NoiseSchedule.from_config(config)
-    np.testing.assert_array_equal(sampling_levels(schedule, 4), [0, 250, 500, 750, 1000])
-    edm = sampling_levels(schedule, 10, "edm")
-    assert edm[0] == 0 and edm[-1] == 1000 and np.all(np.diff(edm) > 0)
-    assert np.diff(edm)[-2] < np.diff(edm)[5] / 10  # small steps near the clean image
+    np.testing.assert_array_equal(sampling_times(schedule, 4), [1000, 750, 500, 250, 0])
+    edm = sampling_times(schedule, 10, "edm")
+    assert edm[0] == 1000 and edm[-1] == 0 and np.all(np.diff(edm) < 0)
+    assert -np.diff(edm)[-2] < -np.diff(edm)[5] / 10  # small steps near the clean image
     with pytest.raises(UsageError, match="`sampling_steps` 1001 is more than the 1000"):
         predict(make_model(config), config, num=1, sampling_steps=1001)
     with pytest.raises(UsageError, match="`sampling_steps` must be at least 1, got 0"):
@@ -91,14 +91,14 @@ def test_a_perfect_predictor_recovers_the_image(prediction, sampler, spacing):
 
     class Oracle:
         def __call__(self, inputs, training=False):
-            images, levels = inputs
-            signal, noise_rate = schedule.rates(tf.cast(levels[:, 0], tf.int32))
-            noises = (images - signal * clean) / noise_rate
-            targets = {"noise": noises, "velocity": signal * noises - noise_rate * clean}
+            images, levels = inputs  # the network is given T - t
+            alpha, sigma = schedule.at(config.timesteps - tf.cast(levels[:, 0], tf.int32))
+            noises = (images - alpha * clean) / sigma
+            targets = {"noise": noises, "velocity": alpha * noises - sigma * clean}
             return targets.get(prediction, clean)
 
     sampler = Sampler(Oracle(), config)
-    start = schedule.mix(clean, noise, tf.zeros(2, tf.int32))
+    start = add_noise(schedule, clean, noise, tf.fill([2], config.timesteps))
     images, _ = sampler._run(start, False)
     np.testing.assert_allclose(images, clean, atol=1e-4)
 

@@ -6,13 +6,13 @@ import pytest
 import tensorflow as tf
 from conftest import synthetic_images, tiny_config
 
-from tf_diffusion import TrainingDiverged, hardware
+from tf_diffusion import TrainingDiverged, forward_noise, hardware
 from tf_diffusion.config import Config, UsageError
 from tf_diffusion.data import make_dataset, scale_images
+from tf_diffusion.diffusion import add_noise, loss_weight, network_output, target
 from tf_diffusion.hardware import check_batch_split
 from tf_diffusion.loop import fit
 from tf_diffusion.model import call_network
-from tf_diffusion.schedule import loss_weights, training_pair
 from tf_diffusion.trainer import RoundDecay, Trainer
 
 
@@ -30,9 +30,9 @@ def test_train_one_lowers_the_loss_on_a_fixed_batch(recipe, options):
     config = tiny_config(recipe, learning_rate=3e-3, ema_decay=0.0, **options)
     trainer = Trainer(config)
     images = scale_images(synthetic_images(8))
-    levels = tf.constant([0, 1, 2, 3, 4, 5, 6, 7]) % config.timesteps
+    t = config.timesteps - tf.constant([0, 1, 2, 3, 4, 5, 6, 7]) % config.timesteps
     noises = tf.random.stateless_normal(images.shape, (1, 2))
-    losses = [float(trainer.train_one(images, levels, noises)) for _ in range(40)]
+    losses = [float(trainer.train_one(images, t, noises)) for _ in range(40)]
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
     assert trainer.step == 40
 
@@ -42,32 +42,39 @@ def test_train_one_returns_the_weighted_error_of_the_network_before_its_step(los
     config = tiny_config("default", loss=loss)
     trainer = Trainer(config)
     images = scale_images(synthetic_images(4))
-    levels = tf.constant([0, 6, 12, 19])
+    t = tf.constant([20, 14, 8, 1])
     noises = tf.random.stateless_normal(images.shape, (3, 4))
-    inputs, targets = training_pair(trainer.schedule, "velocity", images, levels, noises)
-    errors = np.abs(call_network(trainer.model, inputs, levels) - targets) * loss_weights(
-        trainer.schedule, "velocity", "min-snr", levels, config.min_snr_gamma
-    )
+    schedule = trainer.schedule
+    x_t = add_noise(schedule, images, noises, t)  # x_t = alpha_t x_0 + sigma_t eps
+    alpha, sigma = schedule.at(t)
+    np.testing.assert_allclose(x_t, alpha * images + sigma * noises, atol=1e-6)
+    velocity = alpha * noises - sigma * images
+    np.testing.assert_allclose(target(schedule, "velocity", images, noises, t), velocity, atol=1e-6)
+    # The network is given the level counted from the noise, T - t.
+    output = call_network(trainer.model, x_t, config.timesteps - t)
+    np.testing.assert_array_equal(network_output(trainer.model, schedule, x_t, t), output)
+    weight = loss_weight(schedule, "velocity", "min-snr", t, config.min_snr_gamma)
+    errors = np.abs(output - velocity) * weight
     expected = np.mean(errors**2 if loss == "mse" else errors)
-    assert float(trainer.train_one(images, levels, noises)) == pytest.approx(expected, rel=1e-4)
+    assert float(trainer.train_one(images, t, noises)) == pytest.approx(expected, rel=1e-4)
 
 
-def test_train_one_draws_levels_and_noise_itself_when_not_given():
+def test_train_one_draws_times_and_noise_itself_when_not_given():
     trainer = Trainer(tiny_config("classic"))
     loss = trainer.train_one(scale_images(synthetic_images(4)))
     assert np.isfinite(float(loss)) and trainer.step == 1
 
 
-def test_classic_target_is_the_next_less_noisy_image():
+def test_classic_loss_is_the_error_on_the_next_less_noisy_image():
+    """The seed recipe: img_a, img_b = forward_noise(x, level); MAE of model(img_a) on img_b."""
     trainer = Trainer(tiny_config("classic"))
     images = tf.random.stateless_uniform((2, 32, 32, 3), (1, 1), -1, 1)
     noises = tf.random.stateless_normal((2, 32, 32, 3), (2, 2))
-    inputs, targets = training_pair(
-        trainer.schedule, trainer.config.prediction, images, tf.constant([3, 3]), noises
-    )
-    expected_a, expected_b = trainer.schedule.forward_noise(images, tf.constant([3, 3]), noises)
-    np.testing.assert_allclose(inputs, expected_a)
-    np.testing.assert_allclose(targets, expected_b)
+    level = tf.constant([3, 3])
+    img_a, img_b = forward_noise(images, level, schedule=trainer.schedule, noise=noises)
+    expected = np.mean(np.abs(call_network(trainer.model, img_a, level) - img_b))
+    t = trainer.schedule.timesteps - level
+    assert float(trainer.train_one(images, t, noises)) == pytest.approx(expected, rel=1e-6)
 
 
 def test_learning_rate_decays_by_rounds_down_to_the_floor():

@@ -14,6 +14,7 @@ from tf_diffusion import UsageError
 from tf_diffusion.checkpoint import CheckpointStore, load_for_sampling, resolve_config
 from tf_diffusion.config import CIFAR10_CLASS_NAMES
 from tf_diffusion.data import load_images, make_dataset
+from tf_diffusion.diffusion import TimeDraw
 from tf_diffusion.export import export_run
 from tf_diffusion.files import best_run_directory, write_atomically
 from tf_diffusion.hardware import device_defaults, is_chief, make_strategy, use_cores, visible_gpus
@@ -21,7 +22,6 @@ from tf_diffusion.images import near_square, save_gif, save_grid, save_strip, to
 from tf_diffusion.lock import training_lock
 from tf_diffusion.loop import Progress, fit
 from tf_diffusion.sampling import Sampler
-from tf_diffusion.schedule import LevelDraw
 from tf_diffusion.tracking import KidTracker
 from tf_diffusion.trainer import Trainer
 
@@ -156,8 +156,9 @@ def train_to(trainer, store, config, images, end_step, quiet, say, max_minutes=N
         config.timesteps,
         config.seed,
         start_batch=int(trainer.batches_seen.numpy()),
-        draw=LevelDraw.from_config(config, trainer.schedule),
+        draw=TimeDraw.from_config(config, trainer.schedule),
         flip=config.flip,
+        noise_keys=config.noise_keys,
     )
     if config.distribute != "none":
         dataset = trainer.strategy.experimental_distribute_dataset(dataset)
@@ -295,11 +296,11 @@ def predict(
         _, frames = sampling.sample(frames_num, seed=seed, keep_frames=True)
         if steps:
             strip_path = steps_path(out or "outputs/samples.png")
-            strip_frames, strip_levels = thin_frames(frames, sampling.levels)
-            save_strip(strip_frames, strip_levels, strip_path)
+            strip_frames, strip_times = thin_frames(frames, sampling.times)
+            save_strip(strip_frames, strip_times, strip_path)
             written.append(strip_path)
         if gif:
-            save_gif(frames, sampling.levels, gif)
+            save_gif(frames, sampling.times, gif)
             written.append(gif)
     print(
         f"{num} samples from {weights_dir} ({config.recipe} recipe, {config.sampler} sampler, "
@@ -326,12 +327,12 @@ def steps_path(out):
     return root + "_steps.png"
 
 
-def thin_frames(frames, levels, most=17):
-    """At most `most` evenly spaced frames, always keeping the first and the last."""
+def thin_frames(frames, times, most=17):
+    """At most `most` evenly spaced frames and their times, always the first and the last."""
     if len(frames) <= most:
-        return frames, levels
+        return frames, times
     keep = np.unique(np.round(np.linspace(0, len(frames) - 1, most)).astype(int))
-    return frames[keep], np.asarray(levels)[keep]
+    return frames[keep], np.asarray(times)[keep]
 
 
 def precision_note(model):

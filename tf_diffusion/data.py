@@ -2,11 +2,10 @@
 
 Every source becomes one uint8 array (N, 32, 32, 3) of a single class, and
 `make_dataset` turns it into the `tf.data` pipeline that feeds training. The
-pipeline also draws each example's level and noise
-(`schedule.LevelDraw`, keyed by the seed and the batch number),
-so that the same batch always gets the same noise whatever the device or the
-number of replicas, and a resumed run continues the exact same stream from
-the batch it had reached.
+pipeline also draws each example's time t and noise (`diffusion.TimeDraw`,
+keyed by the seed and the batch number), so that the same batch always gets
+the same noise whatever the device or the number of replicas, and a resumed
+run continues the exact same stream from the batch it had reached.
 """
 
 import os
@@ -17,8 +16,9 @@ import tensorflow as tf
 
 from tf_diffusion import UsageError
 from tf_diffusion.config import CIFAR10_CLASS_NAMES, IMAGE_CHANNELS, IMAGE_SIZE
+from tf_diffusion.diffusion import NoiseSchedule, TimeDraw
 from tf_diffusion.files import missing_data_error
-from tf_diffusion.schedule import LevelDraw, NoiseSchedule
+from tf_diffusion.legacy import stream_key
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
@@ -153,15 +153,25 @@ def scale_images(images):
     return tf.cast(images, tf.float32) / 127.5 - 1.0
 
 
-def make_dataset(images, batch_size, timesteps, seed=0, start_batch=0, draw=None, flip=False):
-    """A repeating, shuffled `tf.data` pipeline of `(images, levels, noises)` batches.
+def make_dataset(
+    images,
+    batch_size,
+    timesteps,
+    seed=0,
+    start_batch=0,
+    draw=None,
+    flip=False,
+    noise_keys="tagged",
+):
+    """A repeating, shuffled `tf.data` pipeline of `(images, t, noises)` batches.
 
     Batch `k` is a pure function of `(seed, k)`: example position `p` of the
     endless stream is image `permutation(seed, p // N)[p % N]`, a fresh
-    stateless shuffle of the N images for each epoch, and the levels and
-    noise of batch `k` are `draw(seed, k)` (a `schedule.LevelDraw`; default:
-    uniform levels in [0, timesteps)). With `flip`, each example is mirrored
-    left to right or not by a stateless coin keyed the same way.
+    stateless shuffle of the N images for each epoch, and the times and
+    noise of batch `k` are drawn by `draw` (a `diffusion.TimeDraw`; default:
+    uniform t in {1, ..., timesteps}) from the stream keys of `(seed, k)`
+    (`stream_key`). With `flip`, each example is mirrored left to right or not
+    by a stateless coin keyed the same way.
     So the stream does not depend on TensorFlow's global seed or on the
     number of replicas, and a resumed run starts it again at `start_batch`
     (the batches already seen) instead of storing an iterator state: its
@@ -169,14 +179,14 @@ def make_dataset(images, batch_size, timesteps, seed=0, start_batch=0, draw=None
     images stay in memory as uint8, so a cache step would add nothing.
     """
     check_batch_size(images, batch_size)
-    draw = draw or LevelDraw(NoiseSchedule("linear", timesteps))
+    draw = draw or TimeDraw(NoiseSchedule(timesteps))
     count = len(images)
     images = tf.constant(images)
     seed = tf.constant(seed, tf.int64)
 
     def permutation(epoch):
         return tf.random.experimental.stateless_shuffle(
-            tf.range(count, dtype=tf.int64), seed=draw.key(seed, "shuffle", epoch)
+            tf.range(count, dtype=tf.int64), seed=stream_key(seed, "shuffle", epoch, noise_keys)
         )
 
     def make_batch(batch_number):
@@ -189,11 +199,15 @@ def make_dataset(images, batch_size, timesteps, seed=0, start_batch=0, draw=None
         batch = scale_images(tf.gather(images, indices))
         if flip:
             coins = tf.random.stateless_uniform(
-                (batch_size, 1, 1, 1), draw.key(seed, "flips", batch_number)
+                (batch_size, 1, 1, 1), stream_key(seed, "flips", batch_number, noise_keys)
             )
             batch = tf.where(coins < 0.5, tf.reverse(batch, axis=[2]), batch)
-        levels, noises = draw(seed, batch_number, batch_size)
-        return batch, levels, noises
+        t, noises = draw(
+            stream_key(seed, "levels", batch_number, noise_keys),
+            stream_key(seed, "noise", batch_number, noise_keys),
+            batch_size,
+        )
+        return batch, t, noises
 
     dataset = tf.data.Dataset.range(int(start_batch), 2**62)  # for as long as training runs
     dataset = dataset.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)

@@ -5,10 +5,9 @@
 * `generator/`: a TensorFlow SavedModel of the whole sampler, written with
   Keras' `ExportArchive`: the sampling U-Net (EMA weights), the noise
   schedule and the denoising loop. It runs the very code of `predict.py`
-  (`Sampler.run_steps` with the run's sampler step from `schedule.SAMPLERS`,
-  the stateless noise of `sampling.sampling_noises`), and it holds the
-  levels and history weights that `schedule.sampling_levels` and
-  `schedule.history_weights` give for every step count, so the same seed and
+  (`Sampler.run_steps` with the run's sampler, the stateless noise of
+  `sampling.sampling_noises`), and it holds the times that
+  `diffusion.sampling_times` gives for every step count, so the same seed and
   steps give the same images. Loading it needs TensorFlow only:
 
       generator = tf.saved_model.load("DIR/generator")
@@ -38,9 +37,10 @@ import tensorflow as tf
 
 from tf_diffusion.checkpoint import load_sampling_checkpoint
 from tf_diffusion.config import CIFAR10_CLASS_NAMES, IMAGE_CHANNELS, IMAGE_SIZE
+from tf_diffusion.diffusion import sampling_times
 from tf_diffusion.files import best_run_directory, check_new_folder
+from tf_diffusion.legacy import predicts_next
 from tf_diffusion.sampling import SAMPLING_BATCH_SIZE, Sampler, sampling_noises
-from tf_diffusion.schedule import history_weights, sampling_levels
 from tf_diffusion.tracking import record_at
 
 # How the model card names the samplers and what the network predicts.
@@ -60,25 +60,21 @@ KERAS_FILENAME = "unet.keras"
 CARD_FILENAME = "README.md"
 
 
-def step_tables(sampler, config):
-    """The levels and history weights of every allowed step count, as ragged tensors whose
-    row `steps - first` is for `steps`; and `first`, the smallest step count allowed.
+def time_table(sampler, config):
+    """The times of every allowed step count, as a ragged tensor whose row `steps - first` is
+    for `steps`; and `first`, the smallest step count allowed.
 
     A model that predicts the next level takes all its levels, so it has one row.
     """
-    first = config.timesteps if config.prediction == "next" else 1
-    levels = [
-        sampling_levels(sampler.schedule, steps, config.spacing)
+    first = config.timesteps if predicts_next(config) else 1
+    rows = [
+        sampling_times(sampler.schedule, steps, config.spacing)
         for steps in range(first, config.timesteps + 1)
     ]
-    weights = [history_weights(sampler.schedule, row) for row in levels]
-
-    def ragged(rows):
-        return tf.RaggedTensor.from_row_lengths(
-            tf.constant(np.concatenate(rows)), [len(row) for row in rows]
-        )
-
-    return ragged(levels), ragged(weights), first
+    table = tf.RaggedTensor.from_row_lengths(
+        tf.constant(np.concatenate(rows)), [len(row) for row in rows]
+    )
+    return table, first
 
 
 def make_generator(model, config):
@@ -86,13 +82,13 @@ def make_generator(model, config):
     `num`, `seed` and `steps`; `generate` returns the uint8 images, `serve` `{"images": ...}`.
     """
     sampler = Sampler(model, config)
-    level_table, weight_table, first = step_tables(sampler, config)
+    table, first = time_table(sampler, config)
     timesteps, default_steps = config.timesteps, config.sampling_steps
     signature = [tf.TensorSpec((), tf.int32, name=name) for name in ("num", "seed", "steps")]
 
     def check(num, steps):
         checks = [tf.debugging.assert_positive(num, message="num must be at least 1")]
-        if config.prediction == "next":
+        if predicts_next(config):
             checks.append(
                 tf.debugging.assert_equal(
                     steps,
@@ -112,7 +108,7 @@ def make_generator(model, config):
         """`num` uint8 images (num, 32, 32, 3) from the noise of `seed`, in `steps` steps."""
         steps = tf.where(steps == 0, default_steps, steps)
         with tf.control_dependencies(check(num, steps)):
-            levels, weights = level_table[steps - first], weight_table[steps - first]
+            times = table[steps - first]
         batches = tf.TensorArray(
             tf.uint8,
             size=0,
@@ -124,7 +120,7 @@ def make_generator(model, config):
         for index in tf.range((num + SAMPLING_BATCH_SIZE - 1) // SAMPLING_BATCH_SIZE):
             start = index * SAMPLING_BATCH_SIZE
             noises = sampling_noises(seed, start, tf.minimum(SAMPLING_BATCH_SIZE, num - start))
-            images, _ = sampler.run_steps(noises, levels, weights)
+            images, _ = sampler.run_steps(noises, times)
             batches = batches.write(index, to_uint8(images))
         return batches.concat()
 
@@ -201,7 +197,7 @@ def model_card(config, model, step, record=None, best=False, ema=None):
         data = f"the CIFAR-10 train split (tensorflow-datasets), class {config.label} only"
     else:
         data = f"`{os.path.basename(config.data.rstrip(os.sep))}` (class {config.label})"
-    if config.prediction == "next":
+    if predicts_next(config):
         sampler = (
             f"all {config.timesteps} levels; the network predicts the next, less noisy image. "
             f"`steps` must be 0 or {config.timesteps}"
@@ -245,9 +241,9 @@ def model_card(config, model, step, record=None, best=False, ema=None):
         ("quality", quality),
     ]
     table = "\n".join(f"| {name} | {value} |" for name, value in rows)
-    steps = 0 if config.prediction == "next" else config.sampling_steps
+    steps = 0 if predicts_next(config) else config.sampling_steps
     output = NETWORK_OUTPUTS[config.prediction]
-    predict_flags = "" if config.prediction == "next" else f" --sampling-steps {steps}"
+    predict_flags = "" if predicts_next(config) else f" --sampling-steps {steps}"
     if config.sampler != "ddim" or config.spacing != "uniform":
         predict_flags += f" --sampler {config.sampler} --spacing {config.spacing}"
     predict_flags += f" --sampling-precision {config.sampling_precision}"

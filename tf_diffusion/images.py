@@ -60,10 +60,10 @@ def save_grid(images, path, rows=None, columns=None, scale=4, title=None):
     write_figure(figure, path)
 
 
-def save_strip(frames, levels, path, scale=3):
-    """Write the denoising of each sample as a row of frames labelled with their level.
+def save_strip(frames, times, path, scale=3):
+    """Write the denoising of each sample as a row of frames labelled with their time t.
 
-    `frames` has shape (steps, num, 32, 32, 3); `levels` gives each frame's level.
+    `frames` has shape (steps, num, 32, 32, 3); `times` gives each frame's t.
     """
     frames = to_uint8(frames)
     steps, count = frames.shape[:2]
@@ -81,12 +81,12 @@ def save_strip(frames, levels, path, scale=3):
             axis.set_xticks([])
             axis.set_yticks([])
             if row == 0:
-                axis.set_title(f"t={int(levels[column])}", fontsize=7)
+                axis.set_title(f"t={int(times[column])}", fontsize=7)
     write_figure(figure, path)
 
 
-def save_gif(frames, levels, path, milliseconds_per_frame=120, scale=4, hold_last=8):
-    """Write an animated GIF with one frame per level: the samples as a grid, denoising."""
+def save_gif(frames, times, path, milliseconds_per_frame=120, scale=4, hold_last=8):
+    """Write an animated GIF with one frame per step: the samples as a grid, denoising."""
     from PIL import Image
 
     frames = to_uint8(frames)

@@ -1,15 +1,9 @@
 """Sampling: from gaussian noise to images, in one compiled loop.
 
-The loop visits `config.sampling_steps + 1` levels from 0 (noise) to the
-clean image and takes one step of the run's sampler between each two
-(`schedule.SAMPLERS`):
-
-* a model that predicts the next level (the classic recipe) is applied once
-  per level, from level 0 to `timesteps`;
-* any other model (the default predicts the velocity) is stepped
-  deterministically by `config.sampler`: DPM-Solver++(2M) by default, DDIM
-  (eta 0) or Heun, over `uniform` or `edm`-spaced levels. Fewer steps are
-  faster and a little less sharp.
+The run's sampler (`diffusion.SAMPLERS`: DPM-Solver++(2M) by default, DDIM or
+Heun; the classic recipe's own in `legacy.py`) walks `config.sampling_steps`
+steps over the times `diffusion.sampling_times` gives, from t = T (noise) to
+t = 0 (the image). Fewer steps are faster and a little less sharp.
 
 The whole denoising loop is one `tf.function` over a batch, with no
 per-step Python or `model.predict` overhead; a large `num` runs in batches.
@@ -22,15 +16,8 @@ import numpy as np
 import tensorflow as tf
 
 from tf_diffusion.config import IMAGE_CHANNELS, IMAGE_SIZE, check_at_least
-from tf_diffusion.model import call_network
-from tf_diffusion.schedule import (
-    SAMPLERS,
-    NoiseSchedule,
-    estimate_clean_and_noise,
-    history_weights,
-    next_level_step,
-    sampling_levels,
-)
+from tf_diffusion.diffusion import sampling_times
+from tf_diffusion.legacy import sampler_for, schedule_for
 
 # Images denoised together in one call of the compiled loop.
 SAMPLING_BATCH_SIZE = 500
@@ -72,50 +59,23 @@ class Sampler:
     def __init__(self, model, config, jit_compile=None):
         self.model = model
         self.config = config
-        self.schedule = NoiseSchedule.from_config(config)
-        self.levels = sampling_levels(self.schedule, config.sampling_steps, config.spacing)
-        self.sampling_steps = len(self.levels) - 1
-        if config.prediction == "next":
-            self.step = next_level_step
-        else:
-            self.step = SAMPLERS[config.sampler]
-        self.history_weights = history_weights(self.schedule, self.levels)
+        self.schedule = schedule_for(config)
+        self.times = sampling_times(self.schedule, config.sampling_steps, config.spacing)
+        self.sampling_steps = len(self.times) - 1
+        self.walk = sampler_for(model, self.schedule, config)
         self._run = tf.function(self._denoise, jit_compile=jit_compile, reduce_retracing=True)
 
-    def denoise(self, images, level):
-        """The clean image and noise that the network sees in `images` at `level`."""
-        output = call_network(self.model, images, level)
-        if self.config.prediction == "next":
-            return output, output
-        return estimate_clean_and_noise(
-            self.schedule, self.config.prediction, output, images, level
-        )
-
     def _denoise(self, noises, keep_frames):
-        levels = tf.constant(self.levels)
-        return self.run_steps(noises, levels, tf.constant(self.history_weights), keep_frames)
+        return self.run_steps(noises, tf.constant(self.times), keep_frames)
 
-    def run_steps(self, noises, levels, history_weights, keep_frames=False):
-        """Denoise `noises` from level to level over `levels` (a tensor) with the run's step;
-        the images in [-1, 1], and with `keep_frames` every level's images, else the images again.
+    def run_steps(self, noises, times, keep_frames=False):
+        """Denoise `noises` from times[0] to times[-1] (a tensor) with the run's sampler; the
+        images in [-1, 1], and with `keep_frames` every step's images, else the images again.
         """
-        steps = tf.shape(levels)[0] - 1
-        frames = tf.TensorArray(tf.float32, size=steps + 1 if keep_frames else 0)
+        frames = tf.TensorArray(tf.float32, size=tf.shape(times)[0] if keep_frames else 0)
         if keep_frames:
             frames = frames.write(0, noises)
-        images, clean = noises, tf.zeros_like(noises)
-        for index in tf.range(steps):
-            images, clean = self.step(
-                self.denoise,
-                self.schedule,
-                images,
-                levels[index],
-                levels[index + 1],
-                clean,
-                history_weights[index],
-            )
-            if keep_frames:
-                frames = frames.write(index + 1, images)
+        images, frames = self.walk(noises, times, frames)
         return tf.clip_by_value(images, -1.0, 1.0), frames.stack() if keep_frames else images
 
     def sample(self, num, seed=0, batch_size=SAMPLING_BATCH_SIZE, keep_frames=False):
@@ -146,9 +106,9 @@ def predict(
 
 
 def predict_step(model, config, num=8, seed=0, sampling_steps=None, **changes):
-    """`(images, frames, levels)`: the final images, every step's images
-    (shape (steps + 1, num, 32, 32, 3), starting with the noise) and the level of each frame.
+    """`(images, frames, times)`: the final images, every step's images
+    (shape (steps + 1, num, 32, 32, 3), starting with the noise) and the time t of each frame.
     """
     sampler = Sampler(model, config.replace(sampling_steps=sampling_steps, **changes))
     images, frames = sampler.sample(num, seed, keep_frames=True)
-    return images, frames, sampler.levels
+    return images, frames, sampler.times

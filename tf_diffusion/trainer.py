@@ -1,12 +1,10 @@
 """A training run's state and its compiled step: the model, Adam, the EMA weights, `train_one`.
 
-`Trainer.train_one` is one compiled step: it takes the network's input and
-target from `schedule.training_pair` (the images mixed with noise at their
-levels; the next, less noisy image for the classic recipe, the velocity for
-the default one, the noise for v1), takes the mean squared error of the
-network's output against the target (the absolute error with `loss` mae, as
-the classic, v1 and v2 do) and applies one Adam step. It runs through
-`tf.distribute`, so the same code serves one device or many.
+`Trainer.train_one` is one compiled step: the run's loss (`diffusion.loss`,
+or the classic's in `legacy.py`) on a batch of images at their times t and
+noise, averaged over the global batch's pixels, one Adam step, and the EMA weights
+moved towards the new ones. It runs through `tf.distribute`, so the same code
+serves one device or many.
 """
 
 import keras
@@ -14,34 +12,10 @@ import tensorflow as tf
 
 from tf_diffusion.config import IMAGE_CHANNELS, IMAGE_SIZE
 from tf_diffusion.hardware import check_batch_split, dtype_policy, training_precision
-from tf_diffusion.model import call_network, make_model
-from tf_diffusion.schedule import NoiseSchedule, loss_weights, training_pair
+from tf_diffusion.legacy import RoundDecay, loss_for, schedule_for
+from tf_diffusion.model import make_model
 
 PIXELS_PER_IMAGE = IMAGE_SIZE * IMAGE_SIZE * IMAGE_CHANNELS
-
-
-@keras.saving.register_keras_serializable(package="tf_diffusion")
-class RoundDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """`initial` times `decay` to the power of the finished rounds, never below `floor`."""
-
-    def __init__(self, initial, decay, round_steps, floor):
-        self.initial = float(initial)
-        self.decay = float(decay)
-        self.round_steps = int(round_steps)
-        self.floor = float(floor)
-
-    def __call__(self, step):
-        rounds = tf.math.floordiv(tf.cast(step, tf.float32), float(self.round_steps))
-        rate = self.initial * tf.pow(self.decay, rounds)
-        return tf.maximum(rate, self.floor)
-
-    def get_config(self):
-        return {
-            "initial": self.initial,
-            "decay": self.decay,
-            "round_steps": self.round_steps,
-            "floor": self.floor,
-        }
 
 
 def learning_rate_schedule(config, learning_rate):
@@ -74,7 +48,8 @@ class Trainer:
         self.config = config
         self.strategy = strategy or tf.distribute.get_strategy()
         check_batch_split(config.batch_size, self.strategy.num_replicas_in_sync)
-        self.schedule = NoiseSchedule.from_config(config)
+        self.schedule = schedule_for(config)
+        self.loss = loss_for(config)
         self.precision = training_precision(config.precision)
         learning_rate = config.learning_rate
         if config.scale_learning_rate:
@@ -104,7 +79,7 @@ class Trainer:
                 self.loss_scale = tf.Module(name="loss_scale")
                 self.loss_scale.dynamic_scale = self.optimizer.dynamic_scale
                 self.loss_scale.step_counter = self.optimizer.step_counter
-            # Used only when `train_one` is called without levels and noise.
+            # Used only when `train_one` is called without times and noise.
             self.generator = tf.random.Generator.from_seed(config.seed)
             # The data pipeline's position: a resumed run starts it here.
             self.batches_seen = tf.Variable(0, dtype=tf.int64, trainable=False, name="batches_seen")
@@ -143,26 +118,12 @@ class Trainer:
 
     # ---- steps
 
-    def _replica_step(self, images, levels, noises):
-        inputs, targets = training_pair(
-            self.schedule, self.config.prediction, images, levels, noises
-        )
+    def _replica_step(self, images, t, noises):
         global_batch = tf.shape(images)[0] * self.strategy.num_replicas_in_sync
-        config = self.config
         with tf.GradientTape() as tape:
-            outputs = call_network(self.model, inputs, levels, training=True)
-            errors = tf.abs(outputs - targets)
-            if config.loss_weighting != "none":
-                errors *= loss_weights(
-                    self.schedule,
-                    config.prediction,
-                    config.loss_weighting,
-                    levels,
-                    config.min_snr_gamma,
-                )
-            if config.loss == "mse":
-                errors = tf.square(errors)
-            loss = tf.reduce_sum(errors) / tf.cast(global_batch * PIXELS_PER_IMAGE, tf.float32)
+            losses = self.loss(self.model, self.schedule, self.config, images, t, noises)
+            # The mean over the global batch's pixels, summed over the replicas.
+            loss = tf.reduce_sum(losses) / tf.cast(global_batch * PIXELS_PER_IMAGE, tf.float32)
             scaled_loss = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled_loss, self.model.trainable_variables)
         self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
@@ -177,17 +138,18 @@ class Trainer:
             for average, weight in zip(averages.weights, self.model.weights):
                 average.assign(decay * average + (1.0 - decay) * tf.cast(weight, average.dtype))
 
-    def _train_one(self, images, levels=None, noises=None):
+    def _train_one(self, images, t=None, noises=None):
         """One step on a batch of images in [-1, 1]; returns the loss, the `loss` error.
 
-        `levels` and `noises` normally come from the data pipeline; without
-        them they are drawn here from the run's random generator.
+        `t` and `noises` normally come from the data pipeline; without them they
+        are drawn here from the run's random generator, t as T minus a level in
+        {0, ..., T - 1}, as the classic recipe drew it.
         """
-        if levels is None:
-            batch = tf.shape(images)[0]
-            levels = self.schedule.generate_ts(batch, self.generator)
+        if t is None:
+            timesteps = self.schedule.timesteps
+            t = timesteps - self.generator.uniform((tf.shape(images)[0],), 0, timesteps, tf.int32)
             noises = self.generator.normal(tf.shape(images))
-        per_replica_loss = self.strategy.run(self._replica_step, args=(images, levels, noises))
+        per_replica_loss = self.strategy.run(self._replica_step, args=(images, t, noises))
         self._update_ema()
         self.batches_seen.assign_add(1)
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica_loss, axis=None)
@@ -196,6 +158,6 @@ class Trainer:
         """`count` steps from a (distributed) iterator in one call; returns the mean loss."""
         total = tf.constant(0.0)
         for _ in tf.range(count):
-            images, levels, noises = next(iterator)
-            total += self._train_one(images, levels, noises)
+            images, t, noises = next(iterator)
+            total += self._train_one(images, t, noises)
         return total / tf.cast(count, tf.float32)
