@@ -14,7 +14,7 @@ it runs inside the compiled training step and the compiled sampling loop.
 The network itself (`model.py`) is given t as the level counted from the
 noise, T - t: the first recipes numbered levels that way, and their
 checkpoints still load. The oldest recipe, the classic "diffusion from
-scratch", has its own schedule, target and sampler in `classic.py`.
+scratch", has its own schedule, target and sampler in `legacy.py`.
 """
 
 import numpy as np
