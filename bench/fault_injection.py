@@ -46,6 +46,7 @@ from conftest import tiny_train_command  # noqa: E402
 from tf_diffusion.checkpoint import (  # noqa: E402
     SAVE_DELAY_VARIABLE,
     CheckpointStore,
+    checkpoint_files,
     checkpoint_step,
     on_disk,
     read_in_full,
@@ -68,12 +69,23 @@ def newest_step(weights_dir):
 
 
 def corrupt_checkpoints(weights_dir):
-    """The listed checkpoints that cannot be read in full."""
-    bad = []
-    for path in CheckpointStore(weights_dir, {}).candidates():
-        if not reads_in_full(path):
-            bad.append(os.path.basename(path))
-    return bad
+    """The listed checkpoints whose files are there but cannot be read in full."""
+    return [
+        os.path.basename(path)
+        for path in CheckpointStore(weights_dir, {}).candidates()
+        if checkpoint_files(path) and not reads_in_full(path)
+    ]
+
+
+def pruned_but_listed(weights_dir):
+    """The listed checkpoints with no file left: TensorFlow's manager writes the pointer, then
+    deletes the oldest checkpoint, then writes the pointer again; a kill between the two
+    leaves the pointer naming a checkpoint it has just pruned on purpose."""
+    return [
+        os.path.basename(path)
+        for path in CheckpointStore(weights_dir, {}).candidates()
+        if not checkpoint_files(path)
+    ]
 
 
 def reads_in_full(path):
@@ -403,10 +415,11 @@ def kill_trials(arguments, folder, data):
     print(f"command: {shlex.join(command('N'))}")
     print(
         "| trial | killed s after first save | step before | on record after kill | "
-        "newest whole | left mid-save files | corrupt | resumed from | reached | ok |"
+        "newest whole | left mid-save files | pruned, still listed | corrupt | resumed from | "
+        "reached | ok |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    totals = {"resumed": 0, "corrupt": 0, "lost": 0, "reached": 0, "mid_save": 0}
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    totals = {"resumed": 0, "corrupt": 0, "lost": 0, "reached": 0, "mid_save": 0, "pruned": 0}
     for trial in range(1, arguments.kills + 1):
         before = newest_step(weights_dir)
         max_steps = before + STEPS_PER_TRIAL
@@ -451,6 +464,7 @@ def kill_trials(arguments, folder, data):
             )
         ]
         corrupt = corrupt_checkpoints(weights_dir)
+        pruned = pruned_but_listed(weights_dir)
         resume = subprocess.run(command(max_steps), capture_output=True, text=True, timeout=600)
         started_from = resume.stdout.split("Resuming from step ", 1)[-1].split(" ", 1)[0]
         started_from = int(started_from) if started_from.isdigit() else 0
@@ -466,9 +480,10 @@ def kill_trials(arguments, folder, data):
         totals["lost"] += lost
         totals["reached"] += reached == max_steps
         totals["mid_save"] += bool(leftovers)
+        totals["pruned"] += bool(pruned)
         print(
             f"| {trial} | {killed_after:.1f} | {before} | {on_record} | {whole} | "
-            f"{len(leftovers)} | {', '.join(corrupt) or 0} | "
+            f"{len(leftovers)} | {', '.join(pruned) or 0} | {', '.join(corrupt) or 0} | "
             f"{started_from if resumed else 'FAILED'} | {reached}/{max_steps} | "
             f"{'yes' if ok else 'NO'} |",
             flush=True,
@@ -480,7 +495,8 @@ def kill_trials(arguments, folder, data):
         f"\n{totals['resumed']}/{kills} successful resumes, {totals['corrupt']} corrupt "
         f"checkpoints, {totals['lost']} lost (resumed below the newest whole one), "
         f"{totals['reached']}/{kills} resumed runs reached --max-steps; {totals['mid_save']} "
-        "kills left a save half-written (invisible to the next run)"
+        "kills left a save half-written (invisible to the next run), "
+        f"{totals['pruned']} a pruned checkpoint still listed (skipped; the pointer is rewritten)"
     )
     return (
         totals["resumed"] == kills
