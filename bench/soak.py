@@ -72,20 +72,11 @@ def write_report(path, counts):
 # ---- the sampler
 
 
-def read_in_full(path):
-    """Read every tensor of the checkpoint at `path`."""
-    import tensorflow as tf
-
-    reader = tf.train.load_checkpoint(path)
-    for name in reader.get_variable_to_dtype_map():
-        reader.get_tensor(name)
-
-
 def sample_loop(arguments):
     import keras
     import numpy as np
 
-    from tf_diffusion.checkpoint import CheckpointStore, load_for_sampling
+    from tf_diffusion.checkpoint import CheckpointStore, load_for_sampling, read_in_full
     from tf_diffusion.sampling import Sampler
 
     counts = {
@@ -260,7 +251,7 @@ def conduct(arguments):
         trainer.send_signal(signal.SIGTERM)
     _, stderr = trainer.communicate(timeout=600)
 
-    from tf_diffusion.checkpoint import CheckpointStore
+    from tf_diffusion.checkpoint import CheckpointStore, read_in_full
     from tf_diffusion.lock import LOCK_FILENAME
 
     store = CheckpointStore(weights_dir, {})

@@ -23,12 +23,12 @@ from tf_diffusion.diffusion import SAMPLERS, NoiseSchedule, denoise, loss, recor
 from tf_diffusion.model import call_network
 
 
-class LinearSchedule:
+class LinearSchedule(NoiseSchedule):
     """The classic's levels: at level l the image is (1 - n_l) x + n_l noise, with the share
     of noise n_l = 1 - l / T falling from 1 at level 0 to 0 at level T ("time_bar").
 
-    It also offers `NoiseSchedule`'s view in the papers' time t = T - l, so that
-    the method's functions can read it.
+    As a `NoiseSchedule`, its alpha_t and sigma_t are the same rates in the papers' time
+    t = T - l, so that the method's functions can read it.
     """
 
     def __init__(self, timesteps=16):
@@ -44,12 +44,6 @@ class LinearSchedule:
         signal = tf.reshape(tf.gather(self.signal_rates, levels), (-1, 1, 1, 1))
         noise = tf.reshape(tf.gather(self.noise_rates, levels), (-1, 1, 1, 1))
         return signal * images + noise * noises
-
-    def at(self, t, dtype=tf.float32):
-        return NoiseSchedule.at(self, t, dtype)
-
-    def noise_to_signal(self):
-        return NoiseSchedule.noise_to_signal(self)
 
     def forward_noise(self, images, levels, noises):
         """`(img_a, img_b)`: the images at `levels` and one level less noisy, same noise."""
