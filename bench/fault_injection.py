@@ -98,8 +98,7 @@ def reads_in_full(path):
 
 def newest_whole_step(weights_dir):
     """The step of the newest checkpoint, on record or on disk, that reads in full; or 0."""
-    paths = CheckpointStore(weights_dir, {}).candidates() + on_disk(weights_dir)
-    for path in sorted(set(paths), key=checkpoint_step, reverse=True):
+    for path in CheckpointStore(weights_dir, {}).listing(reader=False):
         if reads_in_full(path):
             return checkpoint_step(path)
     return 0
